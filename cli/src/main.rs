@@ -1,0 +1,128 @@
+//! `muster`: the one binary operators run.
+//!
+//! `main` only parses flags, sets up telemetry and signals, and calls the services' libraries.
+//! - `muster up`: everything in one process against a nats-server it supervises as a child.
+//! - `muster intake`: the intake service alone, against an external nats-server or cluster.
+
+mod telemetry;
+mod up;
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "muster",
+    version,
+    about = "Crisis-response coordination: needs, offers, verifications, matched."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run Muster on one machine: a supervised local nats-server and every service in one process.
+    Up(up::UpArgs),
+    /// Run the intake gRPC service alone against an external NATS server or cluster.
+    Intake(IntakeArgs),
+}
+
+/// Settings of the log shared by every service.
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Name of the JetStream stream holding the log.
+    #[arg(long, env = "MUSTER_STREAM", default_value = "MUSTER")]
+    pub stream: String,
+    /// Replicas of the log's stream: 1 on a single node, 3 (or 5) in a cluster.
+    #[arg(long, env = "MUSTER_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// Seconds JetStream remembers message ids to drop retried appends.
+    #[arg(long, env = "MUSTER_DUPLICATE_WINDOW_S", default_value_t = 300)]
+    pub duplicate_window_s: u64,
+    /// Atomic batches intake commits concurrently.
+    #[arg(long, env = "MUSTER_BATCHES_IN_FLIGHT", default_value_t = 4)]
+    pub batches_in_flight: usize,
+}
+
+impl LogArgs {
+    pub fn intake_config(&self, nats_url: &str) -> muster_intake::Config {
+        let mut c = muster_intake::Config::new(nats_url);
+        c.log = muster_log::LogConfig {
+            stream: self.stream.clone(),
+            replicas: self.replicas,
+            duplicate_window: std::time::Duration::from_secs(self.duplicate_window_s),
+        };
+        c.appender.max_in_flight = self.batches_in_flight;
+        c
+    }
+}
+
+#[derive(Debug, Args)]
+struct IntakeArgs {
+    /// NATS server(s) to connect to, comma-separated.
+    #[arg(long, env = "MUSTER_NATS_URL")]
+    nats_url: String,
+    /// Address to serve gRPC on.
+    #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; draining");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let telemetry = telemetry::init("muster")?;
+        let result = match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Intake(args) => {
+                let listener = tokio::net::TcpListener::bind(args.listen).await?;
+                tracing::info!(addr = %args.listen, "intake listening");
+                muster_intake::run(
+                    args.log.intake_config(&args.nats_url),
+                    listener,
+                    shutdown_signal(),
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            }
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = format!("{e:#}"), "muster stopped with an error");
+        }
+        telemetry.shutdown();
+        result
+    })
+}

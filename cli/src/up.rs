@@ -1,0 +1,127 @@
+//! `muster up`: Muster on one machine.
+//!
+//! Starts (or connects to) NATS, then serves every service on one gRPC address with health and
+//! reflection. The embedded nats-server runs as a supervised child: if it dies it is restarted on
+//! the same port and store (clients reconnect by themselves); on Ctrl-C the gRPC server stops
+//! taking requests, in-flight requests drain, then nats-server is stopped cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use muster_natsd::{NatsServer, NodeConfig};
+use muster_proto::v1::intake_server::IntakeServer;
+use tokio::sync::oneshot;
+
+use crate::LogArgs;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Where the embedded nats-server keeps the log (and services their state).
+    #[arg(long, env = "MUSTER_DATA_DIR", default_value = ".muster")]
+    data_dir: PathBuf,
+    /// Address to serve every gRPC service on.
+    #[arg(long, env = "MUSTER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Use this NATS server or cluster instead of starting one.
+    #[arg(long, env = "MUSTER_NATS_URL")]
+    nats_url: Option<String>,
+    /// The nats-server binary to supervise (default: the pinned install of scripts/install-nats-server).
+    #[arg(long, env = "MUSTER_NATS_SERVER")]
+    nats_server_bin: Option<PathBuf>,
+    /// Port for the embedded nats-server (default: a free one, printed at start).
+    #[arg(long, env = "MUSTER_NATS_PORT")]
+    nats_port: Option<u16>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+const NATS_GRACE: Duration = Duration::from_secs(10);
+const MAX_RESTARTS: u32 = 5;
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let (nats_url, supervisor) = match &args.nats_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let bin = args
+                .nats_server_bin
+                .clone()
+                .unwrap_or_else(muster_natsd::default_binary);
+            let mut node = NodeConfig::new(bin, args.data_dir.join("nats"));
+            node.port = args.nats_port;
+            let server = NatsServer::start(node)
+                .await
+                .context("starting the embedded nats-server")?;
+            let url = server.url();
+            tracing::info!(%url, data_dir = %args.data_dir.display(), "nats-server ready (fsync on every append)");
+            let (stop, stopped) = oneshot::channel();
+            (url, Some((stop, tokio::spawn(supervise(server, stopped)))))
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let intake = muster_intake::Intake::connect(&args.log.intake_config(&nats_url)).await?;
+    let (reporter, health, reflection) = muster_intake::health_and_reflection();
+    reporter
+        .set_serving::<IntakeServer<muster_intake::IntakeService>>()
+        .await;
+    println!(
+        "muster is up: gRPC on {} (health, reflection, muster.v1.Intake); log on {nats_url}",
+        args.listen
+    );
+    println!("  try: grpcurl -plaintext {} list", args.listen);
+
+    let (nats_died_tx, nats_died) = oneshot::channel::<()>();
+    let shutdown = async {
+        tokio::select! {
+            () = crate::shutdown_signal() => {},
+            _ = nats_died => tracing::error!("nats-server could not be kept running; stopping"),
+        }
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(IntakeServer::new(intake.service.clone()))
+        .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
+        .await;
+    intake.drain().await;
+    drop(nats_died_tx);
+    if let Some((stop, task)) = supervisor {
+        let _ = stop.send(());
+        task.await??;
+    }
+    served.context("serving gRPC")?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn tokio_stream_listener(l: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
+    tokio_stream::wrappers::TcpListenerStream::new(l)
+}
+
+/// Keeps the embedded nats-server running until told to stop, then stops it gracefully.
+async fn supervise(mut server: NatsServer, mut stop: oneshot::Receiver<()>) -> anyhow::Result<()> {
+    let mut restarts = 0;
+    loop {
+        tokio::select! {
+            _ = &mut stop => {
+                server.stop(NATS_GRACE).await?;
+                tracing::info!("nats-server stopped");
+                return Ok(());
+            }
+            status = server.wait_exit() => {
+                restarts += 1;
+                tracing::error!(?status, restarts, log = %server.recent_log(), "nats-server exited unexpectedly; restarting");
+                if restarts > MAX_RESTARTS {
+                    anyhow::bail!("nats-server exited {restarts} times; giving up");
+                }
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(restarts))).await;
+                server.restart().await.context("restarting nats-server")?;
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The events of Muster's log, one struct per event version.
+//!
+//! The partition an event belongs to is in its envelope, not here. Every event that could
+//! identify a person keeps that in its single `personal` field; everything else is what the
+//! matcher and the read models need, with no names in it.
+//!
+//! **Append only.** The order of [`Event`]'s variants is part of the encoding: never reorder,
+//! remove or change a variant; add new versions at the end and upcast old ones in
+//! [`Event::upcast`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{EntityId, EntityKind, IncidentId, PersonId, Reference};
+use crate::values::{
+    Category, GeoPoint, Personal, PolicyV1, Provider, Response, Skill, TimeWindow, Timestamp,
+    Urgency, VerificationKind,
+};
+
+/// A planner declared an incident: the area's partitions, the categories in scope, the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentDeclaredV1 {
+    pub incident: IncidentId,
+    pub name: String,
+    pub partitions: Vec<crate::ids::PartitionCode>,
+    pub categories: Vec<Category>,
+    pub policy: PolicyV1,
+}
+
+/// The incident's matching policy changed; `policy_version` counts from 1 at declaration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChangedV1 {
+    pub incident: IncidentId,
+    pub policy_version: u32,
+    pub policy: PolicyV1,
+}
+
+/// The incident was stood down: no new needs or offers are taken.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentStoodDownV1 {
+    pub incident: IncidentId,
+    pub reason: String,
+}
+
+/// What a need asks for; the matchable part of a report or an update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedSpecV1 {
+    pub category: Category,
+    pub urgency: Urgency,
+    /// How many people the help is for (a family of four needs a host with capacity 4).
+    pub party_size: u16,
+    pub window: TimeWindow,
+    pub location: GeoPoint,
+    pub required_skills: Vec<Skill>,
+    /// Every verification the helper must hold (sorted, unique).
+    pub required_verifications: Vec<VerificationKind>,
+    /// The person helped is vulnerable: safeguarding rules apply.
+    pub vulnerable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedReportedV1 {
+    pub need: EntityId,
+    pub reference: Reference,
+    pub spec: NeedSpecV1,
+    pub personal: Personal,
+}
+
+/// A need's description was replaced (its partition never changes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedUpdatedV1 {
+    pub need: EntityId,
+    pub spec: NeedSpecV1,
+    pub personal: Personal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedWithdrawnV1 {
+    pub need: EntityId,
+    pub reason: String,
+}
+
+/// What an offer provides; the matchable part of a registration or an update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferSpecV1 {
+    /// The categories of need this offer can serve (sorted, unique, at least one).
+    pub kinds: Vec<Category>,
+    pub skills: Vec<Skill>,
+    /// How many people (or parallel tasks) it can take at once.
+    pub capacity: u16,
+    pub location: GeoPoint,
+    pub travel_radius_m: u32,
+    /// When it is available (sorted, at least one).
+    pub availability: Vec<TimeWindow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferRegisteredV1 {
+    pub offer: EntityId,
+    pub reference: Reference,
+    pub provider: Provider,
+    pub spec: OfferSpecV1,
+    pub personal: Personal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferUpdatedV1 {
+    pub offer: EntityId,
+    pub spec: OfferSpecV1,
+    pub personal: Personal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferWithdrawnV1 {
+    pub offer: EntityId,
+    pub reason: String,
+}
+
+/// A vetting body (or a qualifying institution) recorded that a person holds a verification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRecordedV1 {
+    pub verification: EntityId,
+    pub reference: Reference,
+    pub person: PersonId,
+    pub kind: VerificationKind,
+    /// Who issued it (`dbs`, `st-johns-ambulance`): a token, the same rule as an agency id.
+    pub issuer: crate::ids::AgencyId,
+    pub issued_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub personal: Personal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerificationRevokedV1 {
+    pub verification: EntityId,
+    pub reason: String,
+}
+
+/// Why an assignment scored what it did: the parts, each already weighted, and their sum.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScoreV1 {
+    pub total: i64,
+    pub urgency: i64,
+    pub waiting: i64,
+    pub distance: i64,
+    pub fairness: i64,
+}
+
+/// The matcher proposed an assignment in the round cut at stream sequence `round_through_seq`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentProposedV1 {
+    pub assignment: EntityId,
+    pub need: EntityId,
+    pub offer: EntityId,
+    pub volunteer: PersonId,
+    pub round_through_seq: u64,
+    pub policy_version: u32,
+    pub distance_m: u32,
+    pub score: ScoreV1,
+}
+
+/// A volunteer accepted or declined an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolunteerRespondedV1 {
+    pub assignment: EntityId,
+    pub response: Response,
+    pub reason: String,
+}
+
+/// The task of an assignment was done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentCompletedV1 {
+    pub assignment: EntityId,
+    pub personal: Personal,
+}
+
+/// Log time moved on with nothing else happening (the envelope's time is the tick's time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TickV1 {
+    pub incident: IncidentId,
+}
+
+/// Every event ever written. **Append new variants at the end only.**
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    IncidentDeclaredV1(IncidentDeclaredV1),
+    PolicyChangedV1(PolicyChangedV1),
+    IncidentStoodDownV1(IncidentStoodDownV1),
+    NeedReportedV1(NeedReportedV1),
+    NeedUpdatedV1(NeedUpdatedV1),
+    NeedWithdrawnV1(NeedWithdrawnV1),
+    OfferRegisteredV1(OfferRegisteredV1),
+    OfferUpdatedV1(OfferUpdatedV1),
+    OfferWithdrawnV1(OfferWithdrawnV1),
+    VerificationRecordedV1(VerificationRecordedV1),
+    VerificationRevokedV1(VerificationRevokedV1),
+    AssignmentProposedV1(AssignmentProposedV1),
+    VolunteerRespondedV1(VolunteerRespondedV1),
+    AssignmentCompletedV1(AssignmentCompletedV1),
+    TickV1(TickV1),
+}
+
+/// The entity an event belongs to: its subject, and so its version sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntityRef {
+    Incident(IncidentId),
+    Entity(EntityKind, EntityId),
+    /// Ticks belong to no entity.
+    Tick,
+}
+
+impl Event {
+    /// The event's type name, stable across versions of the same event (`NeedReported`).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Event::IncidentDeclaredV1(_) => "IncidentDeclared",
+            Event::PolicyChangedV1(_) => "PolicyChanged",
+            Event::IncidentStoodDownV1(_) => "IncidentStoodDown",
+            Event::NeedReportedV1(_) => "NeedReported",
+            Event::NeedUpdatedV1(_) => "NeedUpdated",
+            Event::NeedWithdrawnV1(_) => "NeedWithdrawn",
+            Event::OfferRegisteredV1(_) => "OfferRegistered",
+            Event::OfferUpdatedV1(_) => "OfferUpdated",
+            Event::OfferWithdrawnV1(_) => "OfferWithdrawn",
+            Event::VerificationRecordedV1(_) => "VerificationRecorded",
+            Event::VerificationRevokedV1(_) => "VerificationRevoked",
+            Event::AssignmentProposedV1(_) => "AssignmentProposed",
+            Event::VolunteerRespondedV1(_) => "VolunteerResponded",
+            Event::AssignmentCompletedV1(_) => "AssignmentCompleted",
+            Event::TickV1(_) => "Tick",
+        }
+    }
+
+    /// The entity whose subject this event is appended to.
+    pub fn entity(&self) -> EntityRef {
+        use EntityKind as K;
+        match self {
+            Event::IncidentDeclaredV1(e) => EntityRef::Incident(e.incident.clone()),
+            Event::PolicyChangedV1(e) => EntityRef::Incident(e.incident.clone()),
+            Event::IncidentStoodDownV1(e) => EntityRef::Incident(e.incident.clone()),
+            Event::NeedReportedV1(e) => EntityRef::Entity(K::Need, e.need),
+            Event::NeedUpdatedV1(e) => EntityRef::Entity(K::Need, e.need),
+            Event::NeedWithdrawnV1(e) => EntityRef::Entity(K::Need, e.need),
+            Event::OfferRegisteredV1(e) => EntityRef::Entity(K::Offer, e.offer),
+            Event::OfferUpdatedV1(e) => EntityRef::Entity(K::Offer, e.offer),
+            Event::OfferWithdrawnV1(e) => EntityRef::Entity(K::Offer, e.offer),
+            Event::VerificationRecordedV1(e) => EntityRef::Entity(K::Verification, e.verification),
+            Event::VerificationRevokedV1(e) => EntityRef::Entity(K::Verification, e.verification),
+            Event::AssignmentProposedV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
+            Event::VolunteerRespondedV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
+            Event::AssignmentCompletedV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
+            Event::TickV1(_) => EntityRef::Tick,
+        }
+    }
+
+    /// Whether this event ends its entity's life (nothing may follow it on the subject).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::IncidentStoodDownV1(_)
+                | Event::NeedWithdrawnV1(_)
+                | Event::OfferWithdrawnV1(_)
+                | Event::VerificationRevokedV1(_)
+                | Event::AssignmentCompletedV1(_)
+        )
+    }
+
+    /// Rewrites an old event version into the current one. Every version is current today;
+    /// when `NeedReportedV2` is added, `NeedReportedV1` is turned into it here, so consumers
+    /// only ever see the newest version of each event.
+    pub fn upcast(self) -> Event {
+        self
+    }
+}

@@ -1,0 +1,101 @@
+//! Subjects: how an event's routing maps onto the log.
+//!
+//! `muster.ev.{incident}.{partition}.{kind}.{id}`, where `partition` is `_` for incident-wide
+//! events and `kind` is `incident`, `need`, `offer`, `verif`, `assign` or `tick`. One subject per
+//! entity gives each entity its own version (the subject sequence) for optimistic concurrency;
+//! the leading tokens let a service consume one incident or one partition. A need or offer
+//! never changes partition, so its subject is fixed at creation.
+
+use crate::envelope::Envelope;
+use crate::events::EntityRef;
+use crate::ids::{EntityId, EntityKind, IncidentId, PartitionCode};
+
+/// The prefix of every event subject.
+pub const PREFIX: &str = "muster.ev";
+
+/// The stream's subject filter: every event of every incident.
+pub fn all() -> String {
+    format!("{PREFIX}.>")
+}
+
+/// Every event of one incident.
+pub fn incident_filter(incident: &IncidentId) -> String {
+    format!("{PREFIX}.{incident}.>")
+}
+
+/// Every event of one partition of an incident (not including incident-wide events).
+pub fn partition_filter(incident: &IncidentId, partition: &PartitionCode) -> String {
+    format!("{PREFIX}.{incident}.{partition}.>")
+}
+
+/// The subject of an incident's own events (declaration, policy changes, stand-down).
+pub fn incident(incident: &IncidentId) -> String {
+    format!("{PREFIX}.{incident}._.incident.{incident}")
+}
+
+/// Every incident's own events, across incidents.
+pub fn all_incidents() -> String {
+    format!("{PREFIX}.*._.incident.*")
+}
+
+/// The subject of one entity's events.
+pub fn entity(
+    incident: &IncidentId,
+    partition: &PartitionCode,
+    kind: EntityKind,
+    id: &EntityId,
+) -> String {
+    format!("{PREFIX}.{incident}.{partition}.{}.{id}", kind.token())
+}
+
+/// A filter matching one entity's subject whatever its partition: used to find an entity
+/// from its id alone, and to guard creation across partitions.
+pub fn entity_any_partition(incident: &IncidentId, kind: EntityKind, id: &EntityId) -> String {
+    format!("{PREFIX}.{incident}.*.{}.{id}", kind.token())
+}
+
+/// The subject of an incident's ticks.
+pub fn tick(incident: &IncidentId) -> String {
+    format!("{PREFIX}.{incident}._.tick.t")
+}
+
+/// The subject an envelope is appended to.
+pub fn for_envelope(env: &Envelope) -> String {
+    match env.event.entity() {
+        EntityRef::Incident(i) => incident(&i),
+        EntityRef::Entity(kind, id) => entity(&env.incident, &env.partition, kind, &id),
+        EntityRef::Tick => tick(&env.incident),
+    }
+}
+
+/// The partition token of a subject (`_` for incident-wide), if it is an event subject.
+pub fn partition_of(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix(PREFIX)?.strip_prefix('.')?;
+    let mut parts = rest.split('.');
+    let _incident = parts.next()?;
+    parts.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_carry_incident_partition_kind_and_id() {
+        let i = IncidentId::parse("i", "york-floods").expect("valid");
+        let p = PartitionCode::parse("p", "E08000035").expect("valid");
+        let id = EntityId([0xab; 16]);
+        let s = entity(&i, &p, EntityKind::Need, &id);
+        assert_eq!(
+            s,
+            format!("muster.ev.york-floods.E08000035.need.{}", "ab".repeat(16))
+        );
+        assert_eq!(partition_of(&s), Some("E08000035"));
+        assert_eq!(
+            entity_any_partition(&i, EntityKind::Need, &id),
+            format!("muster.ev.york-floods.*.need.{}", "ab".repeat(16))
+        );
+        assert_eq!(incident(&i), "muster.ev.york-floods._.incident.york-floods");
+        assert_eq!(partition_of("other.subject"), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! The test harness: real parts, isolated per test.
+//!
+//! [`Nats`] starts the pinned nats-server on a random port with a temporary store
+//! (`sync_interval: always`), and kills it and removes the store on drop; it can kill -9 and
+//! restart the server on the same port and store. [`Intake`] serves the intake service over real
+//! TCP on `127.0.0.1:0` with a shutdown path. Nothing here is a mock.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use muster_natsd::{NatsServer, NodeConfig};
+use muster_proto::v1::intake_client::IntakeClient;
+use tonic::transport::Channel;
+
+/// A nats-server of this test's own.
+#[derive(Debug)]
+pub struct Nats {
+    pub server: NatsServer,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    /// Starts the pinned nats-server (`MUSTER_NATS_SERVER` overrides where it is).
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for nats-server");
+        let bin = std::env::var_os("MUSTER_NATS_SERVER")
+            .map(Into::into)
+            .unwrap_or_else(muster_natsd::default_binary);
+        let server = NatsServer::start(NodeConfig::new(bin, dir.path().to_path_buf()))
+            .await
+            .expect("start nats-server (run scripts/install-nats-server first)");
+        Self { server, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        muster_log::connect(&self.url(), "muster-test")
+            .await
+            .expect("connect to nats-server")
+    }
+
+    /// Connects and provisions the log's stream with default settings.
+    pub async fn log(&self) -> (async_nats::Client, async_nats::jetstream::stream::Stream) {
+        let client = self.client().await;
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = muster_log::provision(&js, &muster_log::LogConfig::default())
+            .await
+            .expect("provision the log");
+        (client, stream)
+    }
+}
+
+/// The intake service on a real TCP port, stopped on drop.
+#[derive(Debug)]
+pub struct Intake {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), muster_intake::ServeError>>>,
+}
+
+impl Intake {
+    pub async fn start(nats_url: &str) -> Self {
+        Self::start_with(muster_intake::Config::new(nats_url)).await
+    }
+
+    pub async fn start_with(config: muster_intake::Config) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            muster_intake::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        let intake = Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        intake.wait_serving().await;
+        intake
+    }
+
+    async fn wait_serving(&self) {
+        for _ in 0..100 {
+            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr))
+                .expect("uri")
+                .connect()
+                .await
+            {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(ch);
+                if let Ok(r) = health
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    && r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("intake did not become healthy at {}", self.addr);
+    }
+
+    pub async fn client(&self) -> IntakeClient<Channel> {
+        let ch = Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect to intake");
+        IntakeClient::new(ch)
+    }
+
+    /// Stops serving and waits for the service to finish draining.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(t) => Ok(t.await??),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Reads every message of the stream, in order, decoding each envelope.
+pub async fn read_all(
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Vec<(u64, String, muster_schema::Envelope)> {
+    let reader = muster_log::LogReader::new(stream.clone());
+    let mut out = Vec::new();
+    let mut from = 1;
+    while let Some(m) = reader
+        .next(&muster_schema::subject::all(), from)
+        .await
+        .expect("read the log")
+    {
+        let env = muster_schema::Envelope::decode(&m.payload).expect("every stored event decodes");
+        from = m.seq + 1;
+        out.push((m.seq, m.subject, env));
+    }
+    out
+}
