@@ -7,6 +7,8 @@ use bytes::Bytes;
 use muster_log::{AppendError, Appender, AppenderConfig, Expect, LogConsumer, LogReader, Outgoing};
 use muster_tests::Nats;
 
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn msg(subject: &str, id: &str, expect: Expect) -> Outgoing {
     Outgoing {
         subject: subject.into(),
@@ -238,10 +240,14 @@ async fn a_durable_consumer_delivers_in_order_and_resumes_after_its_acks() {
             .await
             .expect("append");
     }
-    let mut consumer =
-        LogConsumer::durable(&stream, "test-fold", vec![muster_schema::subject::all()])
-            .await
-            .expect("consumer");
+    let mut consumer = LogConsumer::durable(
+        &stream,
+        "test-fold",
+        vec![muster_schema::subject::all()],
+        ACK_WAIT,
+    )
+    .await
+    .expect("consumer");
     for expected in 1..=3 {
         let d = consumer.next().await.expect("open").expect("delivered");
         assert_eq!(d.seq, expected);
@@ -249,11 +255,17 @@ async fn a_durable_consumer_delivers_in_order_and_resumes_after_its_acks() {
         assert!(d.envelope.is_err());
         d.ack().await.expect("ack");
     }
+    // A reader that stops (or crashes) without acknowledging what it was sent: those messages
+    // come again after the ack wait.
     drop(consumer);
-    let mut resumed =
-        LogConsumer::durable(&stream, "test-fold", vec![muster_schema::subject::all()])
-            .await
-            .expect("consumer again");
+    let mut resumed = LogConsumer::durable(
+        &stream,
+        "test-fold",
+        vec![muster_schema::subject::all()],
+        ACK_WAIT,
+    )
+    .await
+    .expect("consumer again");
     let d = resumed.next().await.expect("open").expect("delivered");
     assert_eq!(d.seq, 4, "resumes after the last acknowledged message");
 }

@@ -46,10 +46,13 @@ impl std::fmt::Debug for LogConsumer {
 impl LogConsumer {
     /// Creates (or reuses) the durable consumer `name` over `filters`, starting from the
     /// beginning of the log the first time and from its acknowledged position afterwards.
+    /// Messages delivered but not acknowledged (a crashed or restarted reader) are delivered
+    /// again after `ack_wait`.
     pub async fn durable(
         stream: &Stream,
         name: &str,
         filters: Vec<String>,
+        ack_wait: std::time::Duration,
     ) -> Result<Self, ConsumerError> {
         let create = |reason: String| ConsumerError::Create {
             name: name.to_string(),
@@ -64,6 +67,7 @@ impl LogConsumer {
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     deliver_policy: jetstream::consumer::DeliverPolicy::All,
                     max_ack_pending: 10_000,
+                    ack_wait,
                     ..Default::default()
                 },
             )
