@@ -43,8 +43,11 @@ pub struct LogArgs {
     #[arg(long, env = "MUSTER_DUPLICATE_WINDOW_S", default_value_t = 300)]
     pub duplicate_window_s: u64,
     /// Atomic batches intake commits concurrently.
-    #[arg(long, env = "MUSTER_BATCHES_IN_FLIGHT", default_value_t = 4)]
+    #[arg(long, env = "MUSTER_BATCHES_IN_FLIGHT", default_value_t = muster_log::AppenderConfig::default().max_in_flight)]
     pub batches_in_flight: usize,
+    /// Microseconds intake waits to fill a batch once its first request has arrived.
+    #[arg(long, env = "MUSTER_LINGER_US", default_value_t = muster_log::AppenderConfig::default().linger.as_micros() as u64)]
+    pub linger_us: u64,
 }
 
 impl LogArgs {
@@ -56,6 +59,7 @@ impl LogArgs {
             duplicate_window: std::time::Duration::from_secs(self.duplicate_window_s),
         };
         c.appender.max_in_flight = self.batches_in_flight;
+        c.appender.linger = std::time::Duration::from_micros(self.linger_us);
         c
     }
 }
@@ -109,7 +113,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => up::run(args).await,
             Command::Intake(args) => {
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
-                tracing::info!(addr = %args.listen, "intake listening");
+                println!("muster intake listening on {}", listener.local_addr()?);
                 muster_intake::run(
                     args.log.intake_config(&args.nats_url),
                     listener,

@@ -64,16 +64,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
     let intake = muster_intake::Intake::connect(&args.log.intake_config(&nats_url)).await?;
     let (reporter, health, reflection) = muster_intake::health_and_reflection();
     reporter
         .set_serving::<IntakeServer<muster_intake::IntakeService>>()
         .await;
     println!(
-        "muster is up: gRPC on {} (health, reflection, muster.v1.Intake); log on {nats_url}",
-        args.listen
+        "muster is up: gRPC on {addr} (health, reflection, muster.v1.Intake); log on {nats_url}"
     );
-    println!("  try: grpcurl -plaintext {} list", args.listen);
+    println!("  try: grpcurl -plaintext {addr} list");
 
     let (nats_died_tx, nats_died) = oneshot::channel::<()>();
     let shutdown = async {

@@ -1,1 +1,39 @@
-fn main() {}
+//! `muster-loadtest`: benchmarks that drive Muster through its public API, each against its own
+//! real nats-server, printing figures and their ratios to a baseline measured in the same run.
+//!
+//! - `intake`: raw JetStream (pipelined single publishes; atomic batches of 1000) against Muster
+//!   intake (unary requests from many concurrent clients; bulk requests of 1000), all on one
+//!   nats-server with `sync_interval: always`.
+
+mod intake;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "muster-loadtest",
+    about = "Benchmarks and load generators for Muster"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Intake throughput and latency against raw JetStream on the same fsync-durable server.
+    Intake(intake::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Intake(args) => intake::run(args).await,
+        }
+    })
+}

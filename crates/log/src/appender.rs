@@ -127,6 +127,10 @@ pub struct AppenderConfig {
     pub max_batch: usize,
     /// Requests waiting to be batched before callers are slowed down.
     pub queue: usize,
+    /// How long a batch waits for more requests once its first has arrived (zero: take only
+    /// what is already queued). A moment of waiting turns a trickle of requests into one
+    /// fsync instead of many.
+    pub linger: std::time::Duration,
 }
 
 impl Default for AppenderConfig {
@@ -135,6 +139,7 @@ impl Default for AppenderConfig {
             max_in_flight: 4,
             max_batch: MAX_BATCH,
             queue: 16_384,
+            linger: std::time::Duration::from_millis(1),
         }
     }
 }
@@ -202,17 +207,29 @@ async fn run(committer: Committer, mut rx: mpsc::Receiver<Pending>, config: Appe
         };
         let mut size = first.messages.len();
         let mut group = vec![first];
+        let deadline = tokio::time::Instant::now() + config.linger;
         while size < max_batch {
-            match rx.try_recv() {
-                Ok(p) if size + p.messages.len() > max_batch => {
+            let next = match rx.try_recv() {
+                Ok(p) => Some(p),
+                Err(mpsc::error::TryRecvError::Disconnected) => None,
+                Err(mpsc::error::TryRecvError::Empty) if config.linger.is_zero() => None,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    tokio::time::timeout_at(deadline, rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                }
+            };
+            match next {
+                Some(p) if size + p.messages.len() > max_batch => {
                     carry = Some(p);
                     break;
                 }
-                Ok(p) => {
+                Some(p) => {
                     size += p.messages.len();
                     group.push(p);
                 }
-                Err(_) => break,
+                None => break,
             }
         }
         let committer = committer.clone();

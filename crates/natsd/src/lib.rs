@@ -186,6 +186,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://{}:{}", self.config.host, self.port)
     }

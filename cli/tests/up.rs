@@ -1,0 +1,149 @@
+//! `muster up` as a user runs it: the real binary, a supervised nats-server, gRPC over TCP.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use muster_proto::v1 as pb;
+use muster_proto::v1::intake_client::IntakeClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+struct Up {
+    child: Child,
+    grpc: String,
+    nats: String,
+}
+
+/// Starts `muster up` with `args` and waits for its "muster is up" line.
+async fn up(args: &[&str]) -> Up {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_muster"))
+        .arg("up")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn muster up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if line.starts_with("muster is up") {
+                return line;
+            }
+        }
+        panic!("muster up exited before it was up");
+    })
+    .await
+    .expect("muster up within 30s");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let word_after = |marker: &str| {
+        line.split(marker)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("address in the up line")
+            .to_string()
+    };
+    Up {
+        grpc: format!("http://{}", word_after("gRPC on ")),
+        nats: word_after("log on "),
+        child,
+    }
+}
+
+impl Up {
+    async fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
+            .await
+            .expect("stopped within 20s")
+            .expect("wait");
+        assert!(status.success(), "muster up exited with {status}");
+    }
+}
+
+fn req<T>(body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut()
+        .insert("x-muster-agency", "hull-council".parse().expect("ascii"));
+    r
+}
+
+fn declare() -> pb::DeclareIncidentRequest {
+    pb::DeclareIncidentRequest {
+        idempotency_key: "declare-hull".into(),
+        incident: "hull-floods".into(),
+        name: "Hull floods".into(),
+        partitions: vec![],
+        categories: vec![],
+        policy: None,
+    }
+}
+
+#[tokio::test]
+async fn up_serves_stops_cleanly_and_keeps_its_state() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let first = up(&["--data-dir", dir]).await;
+    let mut client = IntakeClient::connect(first.grpc.clone())
+        .await
+        .expect("connect");
+    let declared = client
+        .declare_incident(req(declare()))
+        .await
+        .expect("declare")
+        .into_inner();
+    assert!(!declared.duplicate);
+    let nats_addr = first.nats.trim_start_matches("nats://").to_string();
+    first.stop().await;
+    // The supervised nats-server went down with it.
+    assert!(
+        tokio::net::TcpStream::connect(&nats_addr).await.is_err(),
+        "nats-server still listening"
+    );
+
+    let second = up(&["--data-dir", dir]).await;
+    let mut client = IntakeClient::connect(second.grpc.clone())
+        .await
+        .expect("connect");
+    let again = client
+        .declare_incident(req(declare()))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(again.duplicate, "the log survived the restart");
+    assert_eq!(again.sequence, declared.sequence);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn up_uses_an_external_nats_server_when_given_one() {
+    let nats = muster_tests::Nats::start().await;
+    let data = tempfile::tempdir().expect("tempdir");
+    let muster = up(&[
+        "--data-dir",
+        data.path().to_str().expect("utf-8"),
+        "--nats-url",
+        &nats.url(),
+    ])
+    .await;
+    assert_eq!(muster.nats, nats.url());
+    let mut client = IntakeClient::connect(muster.grpc.clone())
+        .await
+        .expect("connect");
+    client
+        .declare_incident(req(declare()))
+        .await
+        .expect("declare");
+    muster.stop().await;
+    let (_, stream) = nats.log().await;
+    let log = muster_tests::read_all(&stream).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(log[0].2.event.type_name(), "IncidentDeclared");
+    assert!(
+        !data.path().join("nats").exists(),
+        "no embedded server was started"
+    );
+}
