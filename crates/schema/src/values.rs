@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::violation::{Violation, Violations};
 
 /// Log time: microseconds since the Unix epoch (UTC), as recorded by intake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
