@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use muster_schema::EntityId;
+use muster_schema::events::CancelReason;
 
 use crate::rules::{self, PairContext, Score};
 use crate::solver::{self, Instance};
-use crate::state::{NeedStatus, ProviderKey, State};
+use crate::state::{AssignmentStatus, NeedStatus, ProviderKey, State};
 
 /// One proposed assignment with the explanation an auditor reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +29,44 @@ pub struct Round {
     pub proposals: Vec<Proposal>,
     /// The sum of the proposals' scores: the optimum of this round's instance.
     pub total_score: i64,
+    /// Pending assignments not accepted within the policy's time (log time).
+    pub expired: Vec<EntityId>,
+    /// Assignments that can no longer stand, with the reason.
+    pub cancelled: Vec<(EntityId, CancelReason)>,
+}
+
+/// Assignments to end in this round: cancelled when their need or offer is withdrawn or a
+/// required verification no longer holds; expired when pending past the acceptance timeout.
+fn endings(state: &State) -> (Vec<EntityId>, Vec<(EntityId, CancelReason)>) {
+    let timeout = i64::from(state.policy.acceptance_timeout_s) * 1_000_000;
+    let mut expired = Vec::new();
+    let mut cancelled = Vec::new();
+    for (id, a) in &state.assignments {
+        let need = state.needs.get(&a.need);
+        let offer_gone = state.offers.get(&a.offer).is_none_or(|o| o.withdrawn);
+        let reason = match need {
+            Some(n) if n.status == NeedStatus::Withdrawn => Some(CancelReason::NeedWithdrawn),
+            _ if offer_gone => Some(CancelReason::OfferWithdrawn),
+            Some(n)
+                if !rules::verifications_hold(
+                    &n.spec.required_verifications,
+                    state.held_by(&a.provider),
+                    state.now,
+                ) =>
+            {
+                Some(CancelReason::VerificationLost)
+            }
+            _ => None,
+        };
+        if let Some(r) = reason {
+            cancelled.push((*id, r));
+        } else if let AssignmentStatus::Pending { proposed_at } = a.status
+            && state.now.micros() - proposed_at.micros() >= timeout
+        {
+            expired.push(*id);
+        }
+    }
+    (expired, cancelled)
 }
 
 /// One candidate column of a need: the provider's best eligible offer.
@@ -168,25 +207,27 @@ impl RoundInstance {
 }
 
 /// The round for `state`: an exact maximum-score assignment of open needs to providers.
+/// Needs freed by this round's expiries and cancellations are matched in the next round, once
+/// those events are on the log.
 pub fn round(state: &State) -> Round {
-    let built = RoundInstance::build(state);
-    let solution = solver::solve(&built.instance());
-    Round {
-        through_seq: state.through_seq,
-        policy_version: state.policy_version,
-        proposals: built.proposals(&solution.assigned, state.through_seq),
-        total_score: solution.total,
-    }
+    decide(state, solver::solve)
 }
 
 /// The same round decided first-come greedily (the baseline benchmarks compare against).
 pub fn greedy_round(state: &State) -> Round {
+    decide(state, solver::greedy)
+}
+
+fn decide(state: &State, solve: fn(&Instance) -> solver::Solution) -> Round {
     let built = RoundInstance::build(state);
-    let solution = solver::greedy(&built.instance());
+    let solution = solve(&built.instance());
+    let (expired, cancelled) = endings(state);
     Round {
         through_seq: state.through_seq,
         policy_version: state.policy_version,
         proposals: built.proposals(&solution.assigned, state.through_seq),
         total_score: solution.total,
+        expired,
+        cancelled,
     }
 }

@@ -190,6 +190,16 @@ impl State {
         Some(a)
     }
 
+    /// Ends an assignment and opens its need to be matched again.
+    fn reopen(&mut self, assignment: &EntityId) {
+        if let Some(a) = self.release(assignment)
+            && let Some(n) = self.needs.get_mut(&a.need)
+            && n.status == NeedStatus::Assigned(*assignment)
+        {
+            n.status = NeedStatus::Open;
+        }
+    }
+
     /// Folds one event. Events the matcher does not need (and out-of-order references) change
     /// nothing.
     pub fn apply(&mut self, seq: u64, env: &Envelope) {
@@ -327,6 +337,15 @@ impl State {
                     }
                 }
             },
+            Event::RoundRecordedV1(_) => {}
+            Event::AssignmentExpiredV1(e) => self.reopen(&e.assignment),
+            Event::AssignmentCancelledV1(e) => {
+                if e.reason == muster_schema::events::CancelReason::NeedWithdrawn {
+                    self.release(&e.assignment);
+                } else {
+                    self.reopen(&e.assignment);
+                }
+            }
             Event::AssignmentCompletedV1(e) => {
                 if let Some(a) = self.release(&e.assignment)
                     && let Some(n) = self.needs.get_mut(&a.need)

@@ -143,6 +143,19 @@ impl Scenario {
             .iter()
             .map(|p| (name_of(p.need), p.provider.to_string()))
             .collect();
+        for a in &r.expired {
+            self.given(Event::AssignmentExpiredV1(AssignmentExpiredV1 {
+                assignment: *a,
+                round_through_seq: r.through_seq,
+            }));
+        }
+        for (a, reason) in &r.cancelled {
+            self.given(Event::AssignmentCancelledV1(AssignmentCancelledV1 {
+                assignment: *a,
+                reason: *reason,
+                round_through_seq: r.through_seq,
+            }));
+        }
         for p in r.proposals {
             self.given(Event::AssignmentProposedV1(AssignmentProposedV1 {
                 assignment: p.assignment,
@@ -455,6 +468,128 @@ fn scarce_vetted_supply_goes_where_only_it_can_help() {
     let mut want = vec![pair(open, "vol-b"), pair(vetted, "vol-a")];
     want.sort();
     assert_eq!(got, want);
+}
+
+#[test]
+fn an_assignment_not_accepted_in_time_expires_and_its_need_is_matched_again() {
+    let mut s = Scenario::new();
+    s.need("n1", need(3)).offer("o1", "vol-a", offer());
+    assert_eq!(s.round_applied(), vec![pair("n1", "vol-a")]);
+    s.after(HOUR / 2);
+    assert!(
+        round(&s.state).expired.is_empty(),
+        "not yet: the policy gives an hour"
+    );
+    s.after(HOUR / 2);
+    assert_eq!(round(&s.state).expired.len(), 1);
+    s.round_applied();
+    assert_eq!(
+        s.then(),
+        vec![pair("n1", "vol-a")],
+        "open again and matched again"
+    );
+}
+
+#[test]
+fn an_accepted_assignment_does_not_expire() {
+    let mut s = Scenario::new();
+    s.need("n1", need(3)).offer("o1", "vol-a", offer());
+    let a = round(&s.state).proposals[0].assignment;
+    s.round_applied();
+    s.given(Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+        assignment: a,
+        response: Response::Accept,
+        reason: String::new(),
+    }));
+    s.after(3 * HOUR);
+    let r = round(&s.state);
+    assert!(r.expired.is_empty() && r.cancelled.is_empty());
+}
+
+#[test]
+fn losing_a_required_verification_cancels_the_assignment() {
+    let mut s = Scenario::new();
+    s.need(
+        "n1",
+        NeedSpecV1 {
+            required_verifications: vec![VerificationKind::CriminalRecordEnhanced],
+            ..need(5)
+        },
+    );
+    s.offer("o1", "vol-a", offer()).verified(
+        "v-a",
+        "vol-a",
+        VerificationKind::CriminalRecordEnhanced,
+        None,
+    );
+    let a = round(&s.state).proposals[0].assignment;
+    s.round_applied();
+    s.given(Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+        assignment: a,
+        response: Response::Accept,
+        reason: String::new(),
+    }));
+    s.given(Event::VerificationRevokedV1(VerificationRevokedV1 {
+        verification: id("v-a"),
+        reason: "barred".into(),
+    }));
+    assert_eq!(
+        round(&s.state).cancelled,
+        vec![(a, CancelReason::VerificationLost)]
+    );
+    s.round_applied();
+    assert!(
+        s.then().is_empty(),
+        "the need is open but nobody vetted is left"
+    );
+    assert_eq!(
+        s.state.needs[&id("n1")].status,
+        muster_matching::state::NeedStatus::Open
+    );
+}
+
+#[test]
+fn withdrawing_a_need_or_an_offer_cancels_its_assignment() {
+    let mut s = Scenario::new();
+    s.need("n1", need(3))
+        .need("n2", need(3))
+        .offer("o1", "vol-a", offer())
+        .offer("o2", "vol-b", offer());
+    let r = round(&s.state);
+    let of = |n: &str| {
+        r.proposals
+            .iter()
+            .find(|p| p.need == id(n))
+            .map(|p| (p.assignment, p.offer))
+            .expect("proposed")
+    };
+    let ((a1, _), (a2, o2)) = (of("n1"), of("n2"));
+    s.round_applied();
+    s.given(Event::NeedWithdrawnV1(NeedWithdrawnV1 {
+        need: id("n1"),
+        reason: String::new(),
+    }));
+    s.given(Event::OfferWithdrawnV1(OfferWithdrawnV1 {
+        offer: o2,
+        reason: String::new(),
+    }));
+    let mut cancelled = round(&s.state).cancelled;
+    cancelled.sort();
+    let mut want = vec![
+        (a1, CancelReason::NeedWithdrawn),
+        (a2, CancelReason::OfferWithdrawn),
+    ];
+    want.sort();
+    assert_eq!(cancelled, want);
+    s.round_applied();
+    assert_eq!(
+        s.state.needs[&id("n1")].status,
+        muster_matching::state::NeedStatus::Withdrawn
+    );
+    assert_eq!(
+        s.state.needs[&id("n2")].status,
+        muster_matching::state::NeedStatus::Open
+    );
 }
 
 #[test]

@@ -179,6 +179,46 @@ pub struct TickV1 {
     pub incident: IncidentId,
 }
 
+/// The matcher cut a round at stream sequence `through_seq` of its partition: everything it
+/// proposed, expired or cancelled in this round follows it, and replaying the log up to
+/// `through_seq` under policy `policy_version` reproduces them exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRecordedV1 {
+    pub round: EntityId,
+    pub through_seq: u64,
+    pub log_time: Timestamp,
+    pub policy_version: u32,
+    pub proposed: u32,
+    pub expired: u32,
+    pub cancelled: u32,
+    /// The round's optimum: the sum of the proposals' scores.
+    pub total_score: i64,
+}
+
+/// An assignment was not accepted within the policy's time (in log time); its need is open again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentExpiredV1 {
+    pub assignment: EntityId,
+    pub round_through_seq: u64,
+}
+
+/// Why an assignment was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CancelReason {
+    NeedWithdrawn,
+    OfferWithdrawn,
+    /// A verification the need requires is no longer held (revoked or expired).
+    VerificationLost,
+}
+
+/// An assignment was cancelled; unless its need was withdrawn, the need is open again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentCancelledV1 {
+    pub assignment: EntityId,
+    pub reason: CancelReason,
+    pub round_through_seq: u64,
+}
+
 /// Every event ever written. **Append new variants at the end only.**
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -197,6 +237,9 @@ pub enum Event {
     VolunteerRespondedV1(VolunteerRespondedV1),
     AssignmentCompletedV1(AssignmentCompletedV1),
     TickV1(TickV1),
+    RoundRecordedV1(RoundRecordedV1),
+    AssignmentExpiredV1(AssignmentExpiredV1),
+    AssignmentCancelledV1(AssignmentCancelledV1),
 }
 
 /// The entity an event belongs to: its subject, and so its version sequence.
@@ -227,6 +270,9 @@ impl Event {
             Event::VolunteerRespondedV1(_) => "VolunteerResponded",
             Event::AssignmentCompletedV1(_) => "AssignmentCompleted",
             Event::TickV1(_) => "Tick",
+            Event::RoundRecordedV1(_) => "RoundRecorded",
+            Event::AssignmentExpiredV1(_) => "AssignmentExpired",
+            Event::AssignmentCancelledV1(_) => "AssignmentCancelled",
         }
     }
 
@@ -249,6 +295,9 @@ impl Event {
             Event::VolunteerRespondedV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
             Event::AssignmentCompletedV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
             Event::TickV1(_) => EntityRef::Tick,
+            Event::RoundRecordedV1(e) => EntityRef::Entity(K::Round, e.round),
+            Event::AssignmentExpiredV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
+            Event::AssignmentCancelledV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
         }
     }
 
@@ -261,6 +310,8 @@ impl Event {
                 | Event::OfferWithdrawnV1(_)
                 | Event::VerificationRevokedV1(_)
                 | Event::AssignmentCompletedV1(_)
+                | Event::AssignmentExpiredV1(_)
+                | Event::AssignmentCancelledV1(_)
         )
     }
 

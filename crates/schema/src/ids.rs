@@ -164,6 +164,8 @@ pub enum EntityKind {
     Offer,
     Verification,
     Assignment,
+    /// A matcher round (its record; the round's decisions are on their assignments' subjects).
+    Round,
 }
 
 impl EntityKind {
@@ -175,6 +177,7 @@ impl EntityKind {
             EntityKind::Offer => "offer",
             EntityKind::Verification => "verif",
             EntityKind::Assignment => "assign",
+            EntityKind::Round => "round",
         }
     }
 }

@@ -272,6 +272,43 @@ fn samples() -> Vec<(&'static str, Envelope)> {
             "TickV1",
             envelope("_", Event::TickV1(TickV1 { incident: inc })),
         ),
+        (
+            "RoundRecordedV1",
+            envelope(
+                "E06000014",
+                Event::RoundRecordedV1(RoundRecordedV1 {
+                    round: id(5),
+                    through_seq: 123_456,
+                    log_time: t(1_795_000_100_000_000),
+                    policy_version: 2,
+                    proposed: 17,
+                    expired: 2,
+                    cancelled: 1,
+                    total_score: 98_765,
+                }),
+            ),
+        ),
+        (
+            "AssignmentExpiredV1",
+            envelope(
+                "E06000014",
+                Event::AssignmentExpiredV1(AssignmentExpiredV1 {
+                    assignment: id(4),
+                    round_through_seq: 123_456,
+                }),
+            ),
+        ),
+        (
+            "AssignmentCancelledV1",
+            envelope(
+                "E06000014",
+                Event::AssignmentCancelledV1(AssignmentCancelledV1 {
+                    assignment: id(4),
+                    reason: CancelReason::VerificationLost,
+                    round_through_seq: 123_456,
+                }),
+            ),
+        ),
     ]
 }
 
@@ -303,6 +340,9 @@ fn every_variant_has_a_sample() {
                 Event::VolunteerRespondedV1(_) => "VolunteerRespondedV1",
                 Event::AssignmentCompletedV1(_) => "AssignmentCompletedV1",
                 Event::TickV1(_) => "TickV1",
+                Event::RoundRecordedV1(_) => "RoundRecordedV1",
+                Event::AssignmentExpiredV1(_) => "AssignmentExpiredV1",
+                Event::AssignmentCancelledV1(_) => "AssignmentCancelledV1",
             };
             assert_eq!(*name, expected, "sample named after its variant");
             *name
@@ -311,7 +351,7 @@ fn every_variant_has_a_sample() {
     let mut unique = names.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 15, "one sample per event version");
+    assert_eq!(unique.len(), 18, "one sample per event version");
 }
 
 #[test]
@@ -365,6 +405,7 @@ fn subjects_of_samples_name_their_entities() {
                     | EntityKind::Offer
                     | EntityKind::Verification
                     | EntityKind::Assignment
+                    | EntityKind::Round
             ));
         }
     }

@@ -100,6 +100,7 @@ impl Draft {
                 EntityKind::Verification => "verification_id",
                 EntityKind::Assignment => "assignment_id",
                 EntityKind::Incident => "incident",
+                EntityKind::Round => "round",
             },
         }
     }
@@ -116,6 +117,7 @@ fn kind_name(kind: EntityKind) -> &'static str {
         EntityKind::Offer => "offer",
         EntityKind::Verification => "verification",
         EntityKind::Assignment => "assignment",
+        EntityKind::Round => "round",
     }
 }
 
