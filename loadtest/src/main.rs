@@ -4,8 +4,11 @@
 //! - `intake`: raw JetStream (pipelined single publishes; atomic batches of 1000) against Muster
 //!   intake (unary requests from many concurrent clients; bulk requests of 1000), all on one
 //!   nats-server with `sync_interval: always`.
+//! - `matcher`: the matcher engine's exact rounds on generated surges against first-come greedy,
+//!   with the optimum certified independently.
 
 mod intake;
+mod matcher;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +27,8 @@ struct Cli {
 enum Command {
     /// Intake throughput and latency against raw JetStream on the same fsync-durable server.
     Intake(intake::Args),
+    /// The matcher engine's rounds on generated surges, against first-come greedy.
+    Matcher(matcher::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +39,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Intake(args) => intake::run(args).await,
+            Command::Matcher(args) => matcher::run(args),
         }
     })
 }

@@ -1,8 +1,9 @@
 //! Distances in integer metres, computed without floating point so every machine agrees.
 //!
 //! Equirectangular approximation on a sphere of radius 6,371 km: accurate to well under 1% for the
-//! tens of kilometres a volunteer travels. The cosine of the mean latitude comes from a
-//! fixed-point polynomial, not the platform's `libm`, whose last bits may differ between systems.
+//! tens of kilometres a volunteer travels. The cosine of the mean latitude comes from a table
+//! built once from a fixed-point polynomial, not the platform's `libm`, whose last bits may
+//! differ between systems; the square root is IEEE 754's, which every platform rounds the same.
 
 use muster_schema::GeoPoint;
 
@@ -25,31 +26,28 @@ fn cos_q30(micro: i64) -> i128 {
     sum.clamp(0, Q)
 }
 
-fn isqrt(n: u128) -> u128 {
-    if n < 2 {
-        return n;
-    }
-    let mut x = n;
-    let mut y = x.div_ceil(2);
-    while y < x {
-        x = y;
-        y = (x + n / x) / 2;
-    }
-    x
+/// cos of every latitude in steps of 0.01°, 0° to 90°, in Q30.
+fn cos_table() -> &'static [i128] {
+    static TABLE: std::sync::OnceLock<Vec<i128>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| (0..=9_000).map(|i| cos_q30(i * 10_000)).collect())
 }
 
 /// Distance between two points in whole metres.
 pub fn distance_m(a: &GeoPoint, b: &GeoPoint) -> u32 {
-    let dlat = i128::from(a.lat_e6) - i128::from(b.lat_e6);
-    let mut dlon = (i128::from(a.lon_e6) - i128::from(b.lon_e6)).abs();
+    let dlat = i64::from(a.lat_e6) - i64::from(b.lat_e6);
+    let mut dlon = (i64::from(a.lon_e6) - i64::from(b.lon_e6)).abs();
     if dlon > 180_000_000 {
         dlon = 360_000_000 - dlon; // across the antimeridian
     }
-    let mid = (i64::from(a.lat_e6) + i64::from(b.lat_e6)) / 2;
-    let dy = dlat * MM_PER_MICRODEGREE;
-    let dx = dlon * MM_PER_MICRODEGREE * cos_q30(mid) / Q;
-    let mm = isqrt((dx * dx + dy * dy) as u128);
-    u32::try_from(mm / 1000).unwrap_or(u32::MAX)
+    let mid = ((i64::from(a.lat_e6) + i64::from(b.lat_e6)) / 2).unsigned_abs();
+    let cos = cos_table()[(mid / 10_000).min(9_000) as usize];
+    let dy_mm = i128::from(dlat) * MM_PER_MICRODEGREE;
+    let dx_mm = (i128::from(dlon) * MM_PER_MICRODEGREE * cos) >> 30;
+    // |dx|, |dy| < 2^36 mm: exact as f64; products, sum and sqrt are IEEE-rounded the same on
+    // every platform.
+    let (dx, dy) = (dx_mm as f64, dy_mm as f64);
+    let mm = (dx * dx + dy * dy).sqrt();
+    (mm / 1000.0) as u32
 }
 
 /// Grid cells of the spatial index: 0.05° of latitude by 0.05° of longitude.

@@ -43,7 +43,7 @@ fn endings(state: &State) -> (Vec<EntityId>, Vec<(EntityId, CancelReason)>) {
     let mut cancelled = Vec::new();
     for (id, a) in &state.assignments {
         let need = state.needs.get(&a.need);
-        let offer_gone = state.offers.get(&a.offer).is_none_or(|o| o.withdrawn);
+        let offer_gone = state.offer(&a.offer).is_none_or(|o| o.withdrawn);
         let reason = match need {
             Some(n) if n.status == NeedStatus::Withdrawn => Some(CancelReason::NeedWithdrawn),
             _ if offer_gone => Some(CancelReason::OfferWithdrawn),
@@ -88,7 +88,7 @@ pub struct RoundInstance {
 impl RoundInstance {
     pub fn build(state: &State) -> Self {
         let policy = &state.policy;
-        let mut per_need: Vec<(EntityId, BTreeMap<ProviderKey, Candidate>)> = Vec::new();
+        let mut per_need: Vec<(EntityId, BTreeMap<u32, Candidate>)> = Vec::new();
         for (need_id, need) in &state.needs {
             if need.status != NeedStatus::Open {
                 continue;
@@ -100,46 +100,48 @@ impl RoundInstance {
                 .map(rules::criminal_record_level)
                 .max()
                 .unwrap_or(0);
-            let mut best: BTreeMap<ProviderKey, Candidate> = BTreeMap::new();
-            for offer_id in state.index.candidates(
+            let waited = state.now.micros() - need.reported_at.micros();
+            let mut best: BTreeMap<u32, Candidate> = BTreeMap::new();
+            for slot in state.index.candidates(
                 spec.category,
                 min_level,
                 &spec.location,
                 policy.max_radius_m,
             ) {
-                let Some(offer) = state.offers.get(&offer_id) else {
-                    continue;
-                };
+                let offer = &state.offers[slot as usize];
                 if offer.withdrawn {
                     continue;
                 }
+                let provider = &state.providers[offer.provider as usize];
                 let ctx = PairContext {
                     now: state.now,
                     remaining_capacity: offer.remaining(),
-                    provider_load: state.load.get(&offer.provider).copied().unwrap_or(0),
-                    declined: state.declined.contains(&(*need_id, offer.provider.clone())),
+                    provider_load: provider.load,
+                    declined: state.declined_slot(need_id, offer.provider),
                 };
-                let Ok(distance_m) = rules::eligible(
-                    spec,
-                    &offer.spec,
-                    state.held_by(&offer.provider),
-                    &ctx,
-                    policy,
-                ) else {
+                let Ok(distance_m) =
+                    rules::eligible(spec, &offer.spec, provider.held(), &ctx, policy)
+                else {
                     continue;
                 };
-                let waited = state.now.micros() - need.reported_at.micros();
-                let tasks = state.tasks.get(&offer.provider).copied().unwrap_or(0);
-                let score = rules::score(spec.urgency.get(), waited, distance_m, tasks, policy);
+                let score = rules::score(
+                    spec.urgency.get(),
+                    waited,
+                    distance_m,
+                    provider.tasks,
+                    policy,
+                );
                 let candidate = Candidate {
-                    offer: offer_id,
+                    offer: offer.id,
                     distance_m,
                     score,
                 };
-                // Offers come in id order, so on equal scores the smaller offer id stays.
-                best.entry(offer.provider.clone())
+                // A provider's best offer; on equal scores the smaller offer id.
+                best.entry(offer.provider)
                     .and_modify(|c| {
-                        if candidate.score.total > c.score.total {
+                        if (candidate.score.total, std::cmp::Reverse(candidate.offer))
+                            > (c.score.total, std::cmp::Reverse(c.offer))
+                        {
                             *c = candidate;
                         }
                     })
@@ -147,20 +149,33 @@ impl RoundInstance {
             }
             per_need.push((*need_id, best));
         }
-        let mut column: BTreeMap<ProviderKey, usize> = BTreeMap::new();
+        // Columns in provider-id order, so ties in the solver are broken by ids.
+        let mut used: BTreeMap<&ProviderKey, u32> = BTreeMap::new();
         for (_, best) in &per_need {
-            for p in best.keys() {
-                column.entry(p.clone()).or_insert(0);
+            for slot in best.keys() {
+                used.insert(&state.providers[*slot as usize].id, *slot);
             }
         }
-        let providers: Vec<ProviderKey> = column.keys().cloned().collect();
-        for (i, p) in providers.iter().enumerate() {
-            column.insert(p.clone(), i);
-        }
+        let mut column_of_slot: BTreeMap<u32, usize> = BTreeMap::new();
+        let providers: Vec<ProviderKey> = used
+            .iter()
+            .enumerate()
+            .map(|(col, (id, slot))| {
+                column_of_slot.insert(*slot, col);
+                (*id).clone()
+            })
+            .collect();
         let needs = per_need.iter().map(|(id, _)| *id).collect();
         let candidates = per_need
             .into_iter()
-            .map(|(_, best)| best.into_iter().map(|(p, c)| (column[&p], c)).collect())
+            .map(|(_, best)| {
+                let mut row: Vec<(usize, Candidate)> = best
+                    .into_iter()
+                    .map(|(slot, c)| (column_of_slot[&slot], c))
+                    .collect();
+                row.sort_by_key(|(col, _)| *col);
+                row
+            })
             .collect();
         Self {
             needs,

@@ -1,14 +1,17 @@
 //! The matcher's state, folded from the log's events in stream order.
 //!
-//! Everything is kept in ordered maps (never iterated `HashMap`s), so whatever iterates the
-//! state does so in one fixed order. The spatial index of offers is updated as offers arrive,
-//! change and leave, and as their providers' verifications change.
+//! Providers and offers are interned into dense slots (in order of first appearance on the log,
+//! so the same log gives the same slots) and everything a round reads per candidate is an array
+//! index away. Ids map to slots through ordered maps; nothing iterates a `HashMap`. The spatial
+//! index of offers is updated as offers arrive, change and leave, and as their providers'
+//! verifications change.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use muster_schema::events::{NeedSpecV1, OfferSpecV1};
+use muster_schema::events::{CancelReason, NeedSpecV1, OfferSpecV1};
 use muster_schema::{
-    Category, EntityId, Envelope, Event, PersonId, PolicyV1, Provider, Response, Timestamp,
+    Category, EntityId, Envelope, Event, GeoPoint, PersonId, PolicyV1, Provider, Response,
+    Timestamp,
 };
 
 use crate::geo;
@@ -35,7 +38,9 @@ pub struct Need {
 
 #[derive(Debug, Clone)]
 pub struct Offer {
-    pub provider: ProviderKey,
+    pub id: EntityId,
+    /// Slot of the provider in [`State::providers`].
+    pub provider: u32,
     pub spec: OfferSpecV1,
     /// Capacity taken by pending and accepted assignments.
     pub committed: u32,
@@ -45,6 +50,25 @@ pub struct Offer {
 impl Offer {
     pub fn remaining(&self) -> u32 {
         u32::from(self.spec.capacity).saturating_sub(self.committed)
+    }
+}
+
+/// A volunteer or organisation, with what the rules need to know about them.
+#[derive(Debug, Clone)]
+pub struct ProviderState {
+    pub id: ProviderKey,
+    /// Pending and accepted assignments.
+    pub load: u32,
+    /// Assignments ever proposed (fairness).
+    pub tasks: u32,
+    pub verifications: Vec<(EntityId, HeldVerification)>,
+    /// Offer slots.
+    pub offers: Vec<u32>,
+}
+
+impl ProviderState {
+    pub fn held(&self) -> impl Iterator<Item = &HeldVerification> + Clone {
+        self.verifications.iter().map(|(_, h)| h)
     }
 }
 
@@ -68,18 +92,20 @@ type ClassKey = (Category, u8);
 /// A grid cell of the index (see [`geo::cell`]).
 type Cell = (i32, i32);
 
-/// Offers by class and grid cell.
+/// Offer slots by class and grid cell.
 #[derive(Debug, Default, Clone)]
 pub struct SpatialIndex {
-    cells: BTreeMap<(ClassKey, Cell), BTreeSet<EntityId>>,
-    placed: BTreeMap<EntityId, Vec<(ClassKey, Cell)>>,
+    cells: BTreeMap<(ClassKey, Cell), BTreeSet<u32>>,
+    placed: BTreeMap<u32, Vec<(ClassKey, Cell)>>,
+    /// The largest travel radius of any offer ever indexed: no search need reach further.
+    max_radius_m: u32,
 }
 
 impl SpatialIndex {
-    fn remove(&mut self, offer: &EntityId) {
-        for key in self.placed.remove(offer).unwrap_or_default() {
+    fn remove(&mut self, slot: u32) {
+        for key in self.placed.remove(&slot).unwrap_or_default() {
             if let Some(set) = self.cells.get_mut(&key) {
-                set.remove(offer);
+                set.remove(&slot);
                 if set.is_empty() {
                     self.cells.remove(&key);
                 }
@@ -87,26 +113,29 @@ impl SpatialIndex {
         }
     }
 
-    fn insert(&mut self, id: EntityId, spec: &OfferSpecV1, level: u8) {
-        self.remove(&id);
+    fn insert(&mut self, slot: u32, spec: &OfferSpecV1, level: u8) {
+        self.remove(slot);
+        self.max_radius_m = self.max_radius_m.max(spec.travel_radius_m);
         let cell = geo::cell(&spec.location);
         let keys: Vec<_> = spec.kinds.iter().map(|k| ((*k, level), cell)).collect();
         for key in &keys {
-            self.cells.entry(*key).or_default().insert(id);
+            self.cells.entry(*key).or_default().insert(slot);
         }
-        self.placed.insert(id, keys);
+        self.placed.insert(slot, keys);
     }
 
-    /// Offers that may serve `category` within `radius_m` of `at`, from providers at criminal
-    /// record level `min_level` or above (a superset: the rules check each candidate).
+    /// Offer slots that may serve `category` within `radius_m` of `at`, from providers at
+    /// criminal-record level `min_level` or above: a superset, sorted and unique (the rules
+    /// check each candidate).
     pub fn candidates(
         &self,
         category: Category,
         min_level: u8,
-        at: &muster_schema::GeoPoint,
+        at: &GeoPoint,
         radius_m: u32,
-    ) -> BTreeSet<EntityId> {
-        let mut out = BTreeSet::new();
+    ) -> Vec<u32> {
+        let radius_m = radius_m.min(self.max_radius_m);
+        let mut out = Vec::new();
         for level in min_level..=4 {
             for cell in geo::cells_within(at, radius_m) {
                 if let Some(set) = self.cells.get(&((category, level), cell)) {
@@ -114,6 +143,8 @@ impl SpatialIndex {
                 }
             }
         }
+        out.sort_unstable();
+        out.dedup();
         out
     }
 }
@@ -127,16 +158,15 @@ pub struct State {
     /// The latest recorded time seen: the log's clock.
     pub now: Timestamp,
     pub needs: BTreeMap<EntityId, Need>,
-    pub offers: BTreeMap<EntityId, Offer>,
-    pub verifications: BTreeMap<EntityId, (PersonId, HeldVerification)>,
-    pub held: BTreeMap<PersonId, BTreeSet<EntityId>>,
-    pub offers_of: BTreeMap<ProviderKey, BTreeSet<EntityId>>,
+    pub offers: Vec<Offer>,
+    offer_slot: BTreeMap<EntityId, u32>,
+    pub providers: Vec<ProviderState>,
+    provider_slot: BTreeMap<ProviderKey, u32>,
+    /// Which provider holds each verification.
+    verification_owner: BTreeMap<EntityId, u32>,
     pub assignments: BTreeMap<EntityId, Assignment>,
-    /// Pending and accepted assignments per provider.
-    pub load: BTreeMap<ProviderKey, u32>,
-    /// Assignments ever proposed per provider (fairness).
-    pub tasks: BTreeMap<ProviderKey, u32>,
-    pub declined: BTreeSet<(EntityId, ProviderKey)>,
+    /// Provider slots that declined each need.
+    declined: BTreeMap<EntityId, BTreeSet<u32>>,
     pub index: SpatialIndex,
 }
 
@@ -147,45 +177,85 @@ fn provider_key(p: &Provider) -> ProviderKey {
 }
 
 impl State {
+    pub fn offer(&self, id: &EntityId) -> Option<&Offer> {
+        self.offer_slot.get(id).map(|s| &self.offers[*s as usize])
+    }
+
+    pub fn provider(&self, id: &ProviderKey) -> Option<&ProviderState> {
+        self.provider_slot
+            .get(id)
+            .map(|s| &self.providers[*s as usize])
+    }
+
     /// The verifications `person` holds (valid or not: the rules decide).
     pub fn held_by<'a>(
         &'a self,
-        person: &PersonId,
+        person: &ProviderKey,
     ) -> impl Iterator<Item = &'a HeldVerification> + Clone {
-        self.held
-            .get(person)
+        self.provider(person)
             .into_iter()
-            .flatten()
-            .filter_map(|id| self.verifications.get(id).map(|(_, h)| h))
+            .flat_map(ProviderState::held)
     }
 
-    /// The highest criminal-record level `person` holds, valid now: the index class.
-    fn level_of(&self, person: &PersonId) -> u8 {
-        self.held_by(person)
+    /// Whether `provider` declined `need` before.
+    pub fn has_declined(&self, need: &EntityId, provider: &ProviderKey) -> bool {
+        self.provider_slot
+            .get(provider)
+            .is_some_and(|p| self.declined_slot(need, *p))
+    }
+
+    pub(crate) fn declined_slot(&self, need: &EntityId, provider: u32) -> bool {
+        self.declined
+            .get(need)
+            .is_some_and(|d| d.contains(&provider))
+    }
+
+    fn provider_slot_of(&mut self, id: &ProviderKey) -> u32 {
+        if let Some(s) = self.provider_slot.get(id) {
+            return *s;
+        }
+        let slot = self.providers.len() as u32;
+        self.providers.push(ProviderState {
+            id: id.clone(),
+            load: 0,
+            tasks: 0,
+            verifications: Vec::new(),
+            offers: Vec::new(),
+        });
+        self.provider_slot.insert(id.clone(), slot);
+        slot
+    }
+
+    /// The highest criminal-record level a provider holds that is, or will become, valid: the
+    /// index class. A superset of what is valid at any later time (the rules decide exactly).
+    fn level_of(&self, provider: u32) -> u8 {
+        self.providers[provider as usize]
+            .held()
             .filter(|h| h.valid_at(self.now) || h.issued_at > self.now)
             .map(|h| rules::criminal_record_level(&h.kind))
             .max()
             .unwrap_or(0)
     }
 
-    fn reindex_provider(&mut self, person: &PersonId) {
-        let level = self.level_of(person);
-        for id in self.offers_of.get(person).cloned().unwrap_or_default() {
-            if let Some(o) = self.offers.get(&id)
-                && !o.withdrawn
-            {
-                self.index.insert(id, &o.spec, level);
+    fn reindex_provider(&mut self, provider: u32) {
+        let level = self.level_of(provider);
+        for slot in self.providers[provider as usize].offers.clone() {
+            let o = &self.offers[slot as usize];
+            if !o.withdrawn {
+                self.index.insert(slot, &o.spec, level);
             }
         }
     }
 
     fn release(&mut self, assignment: &EntityId) -> Option<Assignment> {
         let a = self.assignments.remove(assignment)?;
-        if let Some(o) = self.offers.get_mut(&a.offer) {
+        if let Some(slot) = self.offer_slot.get(&a.offer) {
+            let o = &mut self.offers[*slot as usize];
             o.committed = o.committed.saturating_sub(a.party);
         }
-        if let Some(l) = self.load.get_mut(&a.provider) {
-            *l = l.saturating_sub(1);
+        if let Some(slot) = self.provider_slot.get(&a.provider) {
+            let p = &mut self.providers[*slot as usize];
+            p.load = p.load.saturating_sub(1);
         }
         Some(a)
     }
@@ -200,8 +270,8 @@ impl State {
         }
     }
 
-    /// Folds one event. Events the matcher does not need (and out-of-order references) change
-    /// nothing.
+    /// Folds one event. Events the matcher does not need (and references to unknown entities)
+    /// change nothing.
     pub fn apply(&mut self, seq: u64, env: &Envelope) {
         self.through_seq = self.through_seq.max(seq);
         self.now = self.now.max(env.recorded_at);
@@ -214,7 +284,7 @@ impl State {
                 self.policy = e.policy.clone();
                 self.policy_version = e.policy_version;
             }
-            Event::IncidentStoodDownV1(_) | Event::TickV1(_) => {}
+            Event::IncidentStoodDownV1(_) | Event::TickV1(_) | Event::RoundRecordedV1(_) => {}
             Event::NeedReportedV1(e) => {
                 self.needs.entry(e.need).or_insert(Need {
                     spec: e.spec.clone(),
@@ -234,45 +304,43 @@ impl State {
             }
             // Creation is guarded on the log (one registration per entity subject); should a
             // second one ever appear, the first stands, so committed capacity is never reset.
-            Event::OfferRegisteredV1(e) if self.offers.contains_key(&e.offer) => {}
+            Event::OfferRegisteredV1(e) if self.offer_slot.contains_key(&e.offer) => {}
             Event::OfferRegisteredV1(e) => {
-                let provider = provider_key(&e.provider);
-                self.offers_of
-                    .entry(provider.clone())
-                    .or_default()
-                    .insert(e.offer);
-                self.offers.insert(
-                    e.offer,
-                    Offer {
-                        provider: provider.clone(),
-                        spec: e.spec.clone(),
-                        committed: 0,
-                        withdrawn: false,
-                    },
-                );
-                let level = self.level_of(&provider);
-                self.index.insert(e.offer, &e.spec, level);
+                let provider = self.provider_slot_of(&provider_key(&e.provider));
+                let slot = self.offers.len() as u32;
+                self.offers.push(Offer {
+                    id: e.offer,
+                    provider,
+                    spec: e.spec.clone(),
+                    committed: 0,
+                    withdrawn: false,
+                });
+                self.offer_slot.insert(e.offer, slot);
+                self.providers[provider as usize].offers.push(slot);
+                let level = self.level_of(provider);
+                self.index.insert(slot, &e.spec, level);
             }
             Event::OfferUpdatedV1(e) => {
-                let Some(o) = self.offers.get_mut(&e.offer) else {
+                let Some(&slot) = self.offer_slot.get(&e.offer) else {
                     return;
                 };
+                let o = &mut self.offers[slot as usize];
                 if o.withdrawn {
                     return;
                 }
                 o.spec = e.spec.clone();
-                let provider = o.provider.clone();
-                let level = self.level_of(&provider);
-                self.index.insert(e.offer, &e.spec, level);
+                let provider = o.provider;
+                let level = self.level_of(provider);
+                self.index.insert(slot, &e.spec, level);
             }
             Event::OfferWithdrawnV1(e) => {
-                if let Some(o) = self.offers.get_mut(&e.offer) {
-                    o.withdrawn = true;
-                    self.index.remove(&e.offer);
+                if let Some(&slot) = self.offer_slot.get(&e.offer) {
+                    self.offers[slot as usize].withdrawn = true;
+                    self.index.remove(slot);
                 }
             }
             Event::VerificationRecordedV1(e)
-                if self.verifications.contains_key(&e.verification) => {}
+                if self.verification_owner.contains_key(&e.verification) => {}
             Event::VerificationRecordedV1(e) => {
                 let held = HeldVerification {
                     kind: e.kind.clone(),
@@ -280,21 +348,23 @@ impl State {
                     expires_at: e.expires_at,
                     revoked: false,
                 };
-                self.verifications
-                    .insert(e.verification, (e.person.clone(), held));
-                self.held
-                    .entry(e.person.clone())
-                    .or_default()
-                    .insert(e.verification);
-                self.reindex_provider(&e.person.clone());
+                let provider = self.provider_slot_of(&e.person);
+                self.providers[provider as usize]
+                    .verifications
+                    .push((e.verification, held));
+                self.verification_owner.insert(e.verification, provider);
+                self.reindex_provider(provider);
             }
             Event::VerificationRevokedV1(e) => {
-                let Some((person, v)) = self.verifications.get_mut(&e.verification) else {
+                let Some(&provider) = self.verification_owner.get(&e.verification) else {
                     return;
                 };
-                v.revoked = true;
-                let person = person.clone();
-                self.reindex_provider(&person);
+                for (id, h) in &mut self.providers[provider as usize].verifications {
+                    if *id == e.verification {
+                        h.revoked = true;
+                    }
+                }
+                self.reindex_provider(provider);
             }
             Event::AssignmentProposedV1(e) => {
                 let party = self
@@ -304,11 +374,13 @@ impl State {
                 if let Some(n) = self.needs.get_mut(&e.need) {
                     n.status = NeedStatus::Assigned(e.assignment);
                 }
-                if let Some(o) = self.offers.get_mut(&e.offer) {
-                    o.committed += party;
+                if let Some(&slot) = self.offer_slot.get(&e.offer) {
+                    self.offers[slot as usize].committed += party;
                 }
-                *self.load.entry(e.volunteer.clone()).or_default() += 1;
-                *self.tasks.entry(e.volunteer.clone()).or_default() += 1;
+                let provider = self.provider_slot_of(&e.volunteer);
+                let p = &mut self.providers[provider as usize];
+                p.load += 1;
+                p.tasks += 1;
                 self.assignments.insert(
                     e.assignment,
                     Assignment {
@@ -330,17 +402,17 @@ impl State {
                 }
                 Response::Decline => {
                     if let Some(a) = self.release(&e.assignment) {
-                        self.declined.insert((a.need, a.provider));
+                        let provider = self.provider_slot_of(&a.provider);
+                        self.declined.entry(a.need).or_default().insert(provider);
                         if let Some(n) = self.needs.get_mut(&a.need) {
                             n.status = NeedStatus::Open;
                         }
                     }
                 }
             },
-            Event::RoundRecordedV1(_) => {}
             Event::AssignmentExpiredV1(e) => self.reopen(&e.assignment),
             Event::AssignmentCancelledV1(e) => {
-                if e.reason == muster_schema::events::CancelReason::NeedWithdrawn {
+                if e.reason == CancelReason::NeedWithdrawn {
                     self.release(&e.assignment);
                 } else {
                     self.reopen(&e.assignment);

@@ -788,8 +788,8 @@ mod properties {
             );
             assert!(needs.insert(p.need), "one assignment per need");
             let need = &state.needs[&p.need];
-            let offer = &state.offers[&p.offer];
-            assert_eq!(offer.provider, p.provider);
+            let offer = state.offer(&p.offer).expect("a known offer");
+            assert_eq!(state.providers[offer.provider as usize].id, p.provider);
             assert!(
                 offer.remaining() >= u32::from(need.spec.party_size),
                 "capacity covers the party"
@@ -802,7 +802,7 @@ mod properties {
                 ),
                 "every required verification is held and valid"
             );
-            assert!(!state.declined.contains(&(p.need, p.provider.clone())));
+            assert!(!state.has_declined(&p.need, &p.provider));
         }
     }
 
@@ -811,7 +811,7 @@ mod properties {
     /// providers serve which needs (a DP over subsets of providers: one each per round).
     fn exhaustive_optimum(state: &State) -> i64 {
         use muster_matching::rules;
-        let providers: Vec<PersonId> = state.offers_of.keys().cloned().collect();
+        let providers = &state.providers;
         let open: Vec<_> = state
             .needs
             .iter()
@@ -824,35 +824,34 @@ mod properties {
                 providers
                     .iter()
                     .map(|p| {
-                        state.offers_of[p]
+                        state
+                            .offers
                             .iter()
-                            .filter_map(|oid| {
-                                let offer = &state.offers[oid];
-                                if offer.withdrawn {
-                                    return None;
-                                }
+                            .filter(|o| {
+                                state.providers[o.provider as usize].id == p.id && !o.withdrawn
+                            })
+                            .filter_map(|offer| {
                                 let ctx = rules::PairContext {
                                     now: state.now,
                                     remaining_capacity: offer.remaining(),
-                                    provider_load: state.load.get(p).copied().unwrap_or(0),
-                                    declined: state.declined.contains(&(**nid, p.clone())),
+                                    provider_load: p.load,
+                                    declined: state.has_declined(nid, &p.id),
                                 };
                                 let d = rules::eligible(
                                     &need.spec,
                                     &offer.spec,
-                                    state.held_by(p),
+                                    p.held(),
                                     &ctx,
                                     &state.policy,
                                 )
                                 .ok()?;
                                 let waited = state.now.micros() - need.reported_at.micros();
-                                let tasks = state.tasks.get(p).copied().unwrap_or(0);
                                 Some(
                                     rules::score(
                                         need.spec.urgency.get(),
                                         waited,
                                         d,
-                                        tasks,
+                                        p.tasks,
                                         &state.policy,
                                     )
                                     .total,
@@ -881,11 +880,11 @@ mod properties {
     }
 
     fn check_capacity(state: &State) {
-        for (id, offer) in &state.offers {
+        for offer in &state.offers {
             let used: u32 = state
                 .assignments
                 .values()
-                .filter(|a| a.offer == *id)
+                .filter(|a| a.offer == offer.id)
                 .map(|a| a.party)
                 .sum();
             assert!(
@@ -893,10 +892,11 @@ mod properties {
                 "offer over capacity"
             );
         }
-        for (p, load) in &state.load {
+        for p in &state.providers {
             assert!(
-                *load <= state.policy.max_concurrent_per_volunteer,
-                "{p} over the concurrent limit"
+                p.load <= state.policy.max_concurrent_per_volunteer,
+                "{} over the concurrent limit",
+                p.id
             );
         }
     }
