@@ -258,10 +258,10 @@ fn certify_optimal(inst: &Instance, s: &Solution) -> bool {
             arcs[i].push((dummy(i), 0));
         }
     }
-    for j in 0..m + n {
+    for (j, is_taken) in taken.iter().enumerate() {
         let node = if j < m { col(j) } else { dummy(j - m) };
         arcs[sup].push((node, 0));
-        if !taken[j] {
+        if !is_taken {
             arcs[node].push((sup, 0));
         }
     }
