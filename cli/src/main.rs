@@ -3,6 +3,8 @@
 //! `main` only parses flags, sets up telemetry and signals, and calls the services' libraries.
 //! - `muster up`: everything in one process against a nats-server it supervises as a child.
 //! - `muster intake`: the intake service alone, against an external nats-server or cluster.
+//! - `muster matcher`: the matcher alone.
+//! - `muster audit verify`: replay the log and check every recorded round.
 
 mod telemetry;
 mod up;
@@ -28,6 +30,33 @@ enum Command {
     Up(up::UpArgs),
     /// Run the intake gRPC service alone against an external NATS server or cluster.
     Intake(IntakeArgs),
+    /// Run the matcher alone against an external NATS server or cluster.
+    Matcher(MatcherArgs),
+    /// Check the log: replay it through the matcher's engine.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Args)]
+struct MatcherArgs {
+    /// NATS server(s) to connect to, comma-separated.
+    #[arg(long, env = "MUSTER_NATS_URL")]
+    nats_url: String,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Replay the log and check that every recorded round is reproduced exactly; exits non-zero
+    /// at the first divergence (sequence, expected, got).
+    Verify {
+        /// NATS server(s) to connect to, comma-separated.
+        #[arg(long, env = "MUSTER_NATS_URL")]
+        nats_url: String,
+        #[command(flatten)]
+        log: LogArgs,
+    },
 }
 
 /// Settings of the log shared by every service.
@@ -51,15 +80,33 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
-    pub fn intake_config(&self, nats_url: &str) -> muster_intake::Config {
-        let mut c = muster_intake::Config::new(nats_url);
-        c.log = muster_log::LogConfig {
+    pub fn log_config(&self) -> muster_log::LogConfig {
+        muster_log::LogConfig {
             stream: self.stream.clone(),
             replicas: self.replicas,
             duplicate_window: std::time::Duration::from_secs(self.duplicate_window_s),
-        };
-        c.appender.max_in_flight = self.batches_in_flight;
-        c.appender.linger = std::time::Duration::from_micros(self.linger_us);
+        }
+    }
+
+    pub fn appender_config(&self) -> muster_log::AppenderConfig {
+        muster_log::AppenderConfig {
+            max_in_flight: self.batches_in_flight,
+            linger: std::time::Duration::from_micros(self.linger_us),
+            ..Default::default()
+        }
+    }
+
+    pub fn intake_config(&self, nats_url: &str) -> muster_intake::Config {
+        let mut c = muster_intake::Config::new(nats_url);
+        c.log = self.log_config();
+        c.appender = self.appender_config();
+        c
+    }
+
+    pub fn matcher_config(&self, nats_url: &str) -> muster_matcher::Config {
+        let mut c = muster_matcher::Config::new(nats_url);
+        c.log = self.log_config();
+        c.appender = self.appender_config();
         c
     }
 }
@@ -102,6 +149,27 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested; draining");
 }
 
+async fn audit_verify(nats_url: &str, log: &LogArgs) -> anyhow::Result<()> {
+    let report = muster_matcher::audit::verify(nats_url, &log.log_config()).await?;
+    println!(
+        "audited {} events: {} rounds and {} decisions reproduced exactly; {} malformed events set aside",
+        report.events, report.rounds_verified, report.decisions_verified, report.set_aside
+    );
+    match report.divergence {
+        None => {
+            println!("audit passed");
+            Ok(())
+        }
+        Some(d) => {
+            println!(
+                "first divergence at sequence {}:\n  expected: {}\n  got:      {}",
+                d.seq, d.expected, d.got
+            );
+            anyhow::bail!("audit failed at sequence {}", d.seq)
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +189,14 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
                 .map_err(anyhow::Error::from)
+            }
+            Command::Matcher(args) => {
+                muster_matcher::run(args.log.matcher_config(&args.nats_url), shutdown_signal())
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
+            Command::Audit(AuditCommand::Verify { nats_url, log }) => {
+                audit_verify(&nats_url, &log).await
             }
         };
         if let Err(e) = &result {

@@ -1,7 +1,7 @@
 //! `muster up`: Muster on one machine.
 //!
-//! Starts (or connects to) NATS, then serves every service on one gRPC address with health and
-//! reflection. The embedded nats-server runs as a supervised child: if it dies it is restarted on
+//! Starts (or connects to) NATS, runs the matcher, and serves every gRPC service on one address
+//! with health and reflection. The embedded nats-server runs as a supervised child: if it dies it is restarted on
 //! the same port and store (clients reconnect by themselves); on Ctrl-C the gRPC server stops
 //! taking requests, in-flight requests drain, then nats-server is stopped cleanly.
 
@@ -75,6 +75,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
     println!("  try: grpcurl -plaintext {addr} list");
 
+    let (stop_matcher, matcher_stopped) = oneshot::channel::<()>();
+    let matcher = tokio::spawn(muster_matcher::run(
+        args.log.matcher_config(&nats_url),
+        async {
+            let _ = matcher_stopped.await;
+        },
+    ));
     let (nats_died_tx, nats_died) = oneshot::channel::<()>();
     let shutdown = async {
         tokio::select! {
@@ -89,6 +96,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
         .await;
     intake.drain().await;
+    let _ = stop_matcher.send(());
+    match matcher.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "matcher stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "matcher task failed"),
+    }
     drop(nats_died_tx);
     if let Some((stop, task)) = supervisor {
         let _ = stop.send(());

@@ -1,8 +1,13 @@
 //! Durable consumers for the services that fold the log (matcher, projections).
 //!
-//! A consumer delivers messages in stream order with explicit acks. Each delivery carries the
-//! decoded envelope *or* the reason it could not be decoded, so a malformed event is set aside
-//! by the caller and never stops the flow.
+//! A consumer delivers messages in stream order. Each delivery carries the decoded envelope *or*
+//! the reason it could not be decoded, so a malformed event is set aside by the caller and never
+//! stops the flow. Two kinds:
+//! - [`LogConsumer::durable`]: the server remembers the position (explicit acks);
+//! - [`LogConsumer::ordered`]: the reader keeps its position itself (in a snapshot, or by
+//!   rebuilding from the start); no acks, and gaps are repaired by the client library.
+
+use std::pin::Pin;
 
 use async_nats::jetstream::{self, consumer::pull, stream::Stream};
 use futures::StreamExt;
@@ -12,13 +17,16 @@ use muster_schema::{DecodeError, Envelope};
 #[derive(Debug)]
 pub struct Delivered {
     pub seq: u64,
+    /// Messages left after this one when it was delivered: 0 means the reader has caught up.
+    pub pending: u64,
     pub subject: String,
     pub envelope: Result<Envelope, DecodeError>,
     message: jetstream::Message,
 }
 
 impl Delivered {
-    /// Acknowledges the message: call only once its effects are durably stored.
+    /// Acknowledges the message (durable consumers): call only once its effects are durably
+    /// stored.
     pub async fn ack(self) -> Result<(), async_nats::Error> {
         self.message.double_ack().await
     }
@@ -32,9 +40,11 @@ pub enum ConsumerError {
     Read(String),
 }
 
-/// A durable pull consumer over some of the log's subjects.
+type Messages = Pin<Box<dyn futures::Stream<Item = Result<jetstream::Message, String>> + Send>>;
+
+/// A consumer over some of the log's subjects.
 pub struct LogConsumer {
-    messages: pull::Stream,
+    messages: Messages,
 }
 
 impl std::fmt::Debug for LogConsumer {
@@ -77,21 +87,58 @@ impl LogConsumer {
             .messages()
             .await
             .map_err(|e| create(e.to_string()))?;
-        Ok(Self { messages })
+        Ok(Self {
+            messages: Box::pin(messages.map(|r| r.map_err(|e| e.to_string()))),
+        })
+    }
+
+    /// An ordered consumer over `filters` from stream sequence `from_seq` (1: the beginning).
+    pub async fn ordered(
+        stream: &Stream,
+        filters: Vec<String>,
+        from_seq: u64,
+    ) -> Result<Self, ConsumerError> {
+        let create = |reason: String| ConsumerError::Create {
+            name: "ordered".to_string(),
+            reason,
+        };
+        let deliver_policy = if from_seq <= 1 {
+            jetstream::consumer::DeliverPolicy::All
+        } else {
+            jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from_seq,
+            }
+        };
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subjects: filters,
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| create(e.to_string()))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| create(e.to_string()))?;
+        Ok(Self {
+            messages: Box::pin(messages.map(|r| r.map_err(|e| e.to_string()))),
+        })
     }
 
     /// The next message, in stream order. `None` when the consumer is closed.
     pub async fn next(&mut self) -> Option<Result<Delivered, ConsumerError>> {
         let message = match self.messages.next().await? {
             Ok(m) => m,
-            Err(e) => return Some(Err(ConsumerError::Read(e.to_string()))),
+            Err(e) => return Some(Err(ConsumerError::Read(e))),
         };
-        let seq = match message.info() {
-            Ok(info) => info.stream_sequence,
+        let (seq, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
             Err(e) => return Some(Err(ConsumerError::Read(e.to_string()))),
         };
         Some(Ok(Delivered {
             seq,
+            pending,
             subject: message.subject.to_string(),
             envelope: Envelope::decode(&message.payload),
             message,

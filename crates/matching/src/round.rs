@@ -246,3 +246,100 @@ fn decide(state: &State, solve: fn(&Instance) -> solver::Solution) -> Round {
         cancelled,
     }
 }
+
+/// The id of the round cut at `through_seq` in `incident`.
+pub fn round_id(incident: &muster_schema::IncidentId, through_seq: u64) -> EntityId {
+    EntityId::hash(&[
+        b"round",
+        incident.as_str().as_bytes(),
+        &through_seq.to_le_bytes(),
+    ])
+}
+
+/// A round as the events that record it, each with the partition it belongs to: expiries,
+/// cancellations and proposals (on their needs' partitions), then the round's own record
+/// (incident-wide), last. The matcher appends exactly these; the audit recomputes and compares
+/// exactly these.
+pub fn round_events(
+    state: &State,
+    incident: &muster_schema::IncidentId,
+    r: &Round,
+) -> Vec<(muster_schema::PartitionCode, muster_schema::Event)> {
+    use muster_schema::PartitionCode;
+    use muster_schema::events::*;
+    let partition_of_need = |need: &EntityId| {
+        state
+            .needs
+            .get(need)
+            .map_or_else(PartitionCode::incident_wide, |n| n.partition.clone())
+    };
+    let partition_of = |a: &EntityId| {
+        state
+            .assignments
+            .get(a)
+            .map_or_else(PartitionCode::incident_wide, |x| partition_of_need(&x.need))
+    };
+    let seq = r.through_seq;
+    let mut out = Vec::with_capacity(r.expired.len() + r.cancelled.len() + r.proposals.len() + 1);
+    for a in &r.expired {
+        out.push((
+            partition_of(a),
+            muster_schema::Event::AssignmentExpiredV1(AssignmentExpiredV1 {
+                assignment: *a,
+                round_through_seq: seq,
+            }),
+        ));
+    }
+    for (a, reason) in &r.cancelled {
+        out.push((
+            partition_of(a),
+            muster_schema::Event::AssignmentCancelledV1(AssignmentCancelledV1 {
+                assignment: *a,
+                reason: *reason,
+                round_through_seq: seq,
+            }),
+        ));
+    }
+    for p in &r.proposals {
+        out.push((
+            partition_of_need(&p.need),
+            muster_schema::Event::AssignmentProposedV1(AssignmentProposedV1 {
+                assignment: p.assignment,
+                need: p.need,
+                offer: p.offer,
+                volunteer: p.provider.clone(),
+                round_through_seq: seq,
+                policy_version: r.policy_version,
+                distance_m: p.distance_m,
+                score: ScoreV1 {
+                    total: p.score.total,
+                    urgency: p.score.urgency,
+                    waiting: p.score.waiting,
+                    distance: p.score.distance,
+                    fairness: p.score.fairness,
+                },
+            }),
+        ));
+    }
+    out.push((
+        PartitionCode::incident_wide(),
+        muster_schema::Event::RoundRecordedV1(RoundRecordedV1 {
+            round: round_id(incident, seq),
+            through_seq: seq,
+            log_time: state.now,
+            policy_version: r.policy_version,
+            proposed: r.proposals.len() as u32,
+            expired: r.expired.len() as u32,
+            cancelled: r.cancelled.len() as u32,
+            total_score: r.total_score,
+        }),
+    ));
+    out
+}
+
+impl Round {
+    /// Whether this round decides anything at all (an empty round is not recorded).
+    pub fn is_empty(&self) -> bool {
+        self.proposals.is_empty() && self.expired.is_empty() && self.cancelled.is_empty()
+    }
+}

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use muster_schema::events::{CancelReason, NeedSpecV1, OfferSpecV1};
 use muster_schema::{
-    Category, EntityId, Envelope, Event, GeoPoint, PersonId, PolicyV1, Provider, Response,
-    Timestamp,
+    Category, EntityId, Envelope, Event, GeoPoint, PartitionCode, PersonId, PolicyV1, Provider,
+    Response, Timestamp,
 };
 
 use crate::geo;
@@ -31,6 +31,8 @@ pub enum NeedStatus {
 
 #[derive(Debug, Clone)]
 pub struct Need {
+    /// The area the need is in (its events' partition, fixed for its life).
+    pub partition: PartitionCode,
     pub spec: NeedSpecV1,
     pub reported_at: Timestamp,
     pub status: NeedStatus,
@@ -287,6 +289,7 @@ impl State {
             Event::IncidentStoodDownV1(_) | Event::TickV1(_) | Event::RoundRecordedV1(_) => {}
             Event::NeedReportedV1(e) => {
                 self.needs.entry(e.need).or_insert(Need {
+                    partition: env.partition.clone(),
                     spec: e.spec.clone(),
                     reported_at: env.recorded_at,
                     status: NeedStatus::Open,

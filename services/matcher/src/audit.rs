@@ -1,0 +1,158 @@
+//! `muster audit verify`: replay the log through the engine and check every recorded round.
+//!
+//! A round recorded at S must be exactly what the engine decides for the log up to S: the same
+//! expiries, cancellations and proposals (with their scores), in the same order, then the same
+//! record. The audit reads the log twice: first to learn which rounds were recorded, then to fold
+//! it, computing each round's expected events right after applying event S and comparing them
+//! with the matcher's events as they come. It reports the first divergence.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use muster_log::{LogConfig, LogConsumer};
+use muster_matching::round::round_events;
+use muster_matching::{State, round};
+use muster_schema::{Event, IncidentId, subject};
+
+use crate::MatcherError;
+
+/// Where a recorded round and the engine disagree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Divergence {
+    pub seq: u64,
+    pub expected: String,
+    pub got: String,
+}
+
+/// What an audit found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditReport {
+    pub events: u64,
+    pub rounds_verified: u64,
+    pub decisions_verified: u64,
+    /// Events that could not be decoded (set aside, as every reader does).
+    pub set_aside: u64,
+    pub divergence: Option<Divergence>,
+}
+
+fn round_of(event: &Event) -> Option<u64> {
+    match event {
+        Event::AssignmentProposedV1(e) => Some(e.round_through_seq),
+        Event::AssignmentExpiredV1(e) => Some(e.round_through_seq),
+        Event::AssignmentCancelledV1(e) => Some(e.round_through_seq),
+        Event::RoundRecordedV1(e) => Some(e.through_seq),
+        _ => None,
+    }
+}
+
+/// Reads the log up to its current end, calling `visit` for each decodable event.
+async fn scan(
+    stream: &async_nats::jetstream::stream::Stream,
+    end: u64,
+    set_aside: &mut u64,
+    mut visit: impl FnMut(u64, muster_schema::Envelope) -> bool,
+) -> Result<u64, MatcherError> {
+    let mut consumer = LogConsumer::ordered(stream, vec![subject::all()], 1).await?;
+    let mut events = 0;
+    while events < end {
+        let Some(d) = consumer.next().await else {
+            break;
+        };
+        let d = d?;
+        events = d.seq;
+        match d.envelope {
+            Ok(env) => {
+                if !visit(d.seq, env) {
+                    break;
+                }
+            }
+            Err(_) => *set_aside += 1,
+        }
+        if d.seq >= end {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+/// Verifies every round recorded in the log.
+pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, MatcherError> {
+    let (_client, mut stream) = crate::open_log(nats_url, "muster-audit", log).await?;
+    let end = crate::last_sequence(&mut stream).await?;
+    let mut report = AuditReport::default();
+    if end == 0 {
+        return Ok(report);
+    }
+
+    // Pass 1: which rounds were recorded.
+    let mut recorded: BTreeSet<(IncidentId, u64)> = BTreeSet::new();
+    let mut ignored = 0;
+    scan(&stream, end, &mut ignored, |_, env| {
+        if let Event::RoundRecordedV1(r) = &env.event {
+            recorded.insert((env.incident.clone(), r.through_seq));
+        }
+        true
+    })
+    .await?;
+
+    // Pass 2: fold, predict each recorded round right after its S, compare.
+    let mut states: BTreeMap<IncidentId, State> = BTreeMap::new();
+    let mut expected: BTreeMap<(IncidentId, u64), VecDeque<Event>> = BTreeMap::new();
+    let mut set_aside = 0;
+    let events = scan(&stream, end, &mut set_aside, |seq, env| {
+        let key = |s: u64| (env.incident.clone(), s);
+        if let Some(s) = round_of(&env.event) {
+            let got = format!("{:?}", env.event);
+            match expected.get_mut(&key(s)).and_then(VecDeque::pop_front) {
+                Some(want) if want == env.event => report.decisions_verified += 1,
+                Some(want) => {
+                    report.divergence = Some(Divergence {
+                        seq,
+                        expected: format!("{want:?}"),
+                        got,
+                    });
+                    return false;
+                }
+                None => {
+                    let expected = if recorded.contains(&key(s)) {
+                        "nothing more in this round".to_string()
+                    } else {
+                        format!("no decision: no round was recorded at {s}")
+                    };
+                    report.divergence = Some(Divergence { seq, expected, got });
+                    return false;
+                }
+            }
+            if matches!(env.event, Event::RoundRecordedV1(_)) {
+                report.rounds_verified += 1;
+            }
+        }
+        let state = states.entry(env.incident.clone()).or_default();
+        state.apply(seq, &env);
+        if recorded.contains(&key(seq)) {
+            let r = round(state);
+            let predicted = round_events(state, &env.incident, &r)
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect();
+            expected.insert(key(seq), predicted);
+        }
+        true
+    })
+    .await?;
+    report.events = events;
+    report.set_aside = set_aside;
+    if report.divergence.is_none()
+        && let Some(((incident, s), left)) = expected.iter().find(|(_, q)| !q.is_empty())
+    {
+        report.divergence = Some(Divergence {
+            seq: *s,
+            expected: format!(
+                "{} more decisions of round {s} of {incident}, first {:?}",
+                left.len(),
+                left.front()
+            ),
+            got: "the end of the log".into(),
+        });
+    }
+    Ok(report)
+}

@@ -1,0 +1,69 @@
+//! The matcher service: the log in, rounds of assignments out.
+//!
+//! # Layout
+//! - [`service`]: folds the log per incident with the pure engine (`muster-matching`), catches up
+//!   on history without inventing rounds for the past, then cuts live rounds and appends them.
+//! - [`audit`]: replays the log through the engine and checks every recorded round.
+//!
+//! A round cut at sequence S is appended as its decisions followed by its `RoundRecorded`
+//! record, with message ids derived from the incident and S, and the record guarded by its own
+//! subject: a crash between cutting and appending, or between appending and reading the round
+//! back, leaves no duplicate. The matcher cuts no new round of an incident until it has read its
+//! previous round back from the log, so every round's state is exactly the fold of the log up to
+//! its S — which is what the audit recomputes.
+
+pub mod audit;
+pub mod service;
+
+pub use service::{Config, run};
+
+/// Why the matcher (or an audit) stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MatcherError {
+    #[error("connecting to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error(transparent)]
+    Provision(#[from] muster_log::ProvisionError),
+    #[error(transparent)]
+    Consumer(#[from] muster_log::consumer::ConsumerError),
+    #[error("reading the log's state: {0}")]
+    Info(String),
+    #[error("appending round {through_seq} of {incident}: {source}")]
+    Append {
+        incident: String,
+        through_seq: u64,
+        source: muster_log::AppendError,
+    },
+}
+
+/// Connects and provisions the log: what both the service and the audit start with.
+async fn open_log(
+    nats_url: &str,
+    name: &str,
+    log: &muster_log::LogConfig,
+) -> Result<(async_nats::Client, async_nats::jetstream::stream::Stream), MatcherError> {
+    let client = muster_log::connect(nats_url, name)
+        .await
+        .map_err(|source| MatcherError::Connect {
+            url: nats_url.to_string(),
+            source,
+        })?;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = muster_log::provision(&js, log).await?;
+    Ok((client, stream))
+}
+
+/// The last sequence of the log right now: where history ends for a reader starting now.
+async fn last_sequence(
+    stream: &mut async_nats::jetstream::stream::Stream,
+) -> Result<u64, MatcherError> {
+    Ok(stream
+        .info()
+        .await
+        .map_err(|e| MatcherError::Info(e.to_string()))?
+        .state
+        .last_sequence)
+}
