@@ -21,6 +21,35 @@ pub use consumer::{Delivered, LogConsumer};
 pub use reader::{LogReader, ReadError, StoredMessage};
 pub use stream::{LogConfig, ProvisionError, provision};
 
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("connecting to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error(transparent)]
+    Provision(#[from] ProvisionError),
+}
+
+/// Connects as `name` and provisions the log: how every service starts.
+pub async fn open(
+    url: &str,
+    name: &str,
+    config: &LogConfig,
+) -> Result<(async_nats::Client, async_nats::jetstream::stream::Stream), OpenError> {
+    let client = connect(url, name)
+        .await
+        .map_err(|source| OpenError::Connect {
+            url: url.to_string(),
+            source,
+        })?;
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = provision(&js, config).await?;
+    Ok((client, stream))
+}
+
 /// Connects to NATS with the options every Muster service uses: retries on the initial connect
 /// are bounded by the caller; reconnects are unbounded so a restarted server is picked up.
 pub async fn connect(

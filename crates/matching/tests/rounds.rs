@@ -143,36 +143,10 @@ impl Scenario {
             .iter()
             .map(|p| (name_of(p.need), p.provider.to_string()))
             .collect();
-        for a in &r.expired {
-            self.given(Event::AssignmentExpiredV1(AssignmentExpiredV1 {
-                assignment: *a,
-                round_through_seq: r.through_seq,
-            }));
-        }
-        for (a, reason) in &r.cancelled {
-            self.given(Event::AssignmentCancelledV1(AssignmentCancelledV1 {
-                assignment: *a,
-                reason: *reason,
-                round_through_seq: r.through_seq,
-            }));
-        }
-        for p in r.proposals {
-            self.given(Event::AssignmentProposedV1(AssignmentProposedV1 {
-                assignment: p.assignment,
-                need: p.need,
-                offer: p.offer,
-                volunteer: p.provider,
-                round_through_seq: r.through_seq,
-                policy_version: r.policy_version,
-                distance_m: p.distance_m,
-                score: ScoreV1 {
-                    total: p.score.total,
-                    urgency: p.score.urgency,
-                    waiting: p.score.waiting,
-                    distance: p.score.distance,
-                    fairness: p.score.fairness,
-                },
-            }));
+        // Exactly the events the matcher appends, applied in the order it appends them.
+        let incident = IncidentId::parse("i", "test").expect("valid");
+        for (_, event) in muster_matching::round::round_events(&self.state, &incident, &r) {
+            self.given(event);
         }
         pairs
     }

@@ -58,14 +58,8 @@ pub struct Intake {
 impl Intake {
     /// Connects to NATS, provisions the log and starts the appender.
     pub async fn connect(config: &Config) -> Result<Self, ServeError> {
-        let client = muster_log::connect(&config.nats_url, "muster-intake")
-            .await
-            .map_err(|source| ServeError::Connect {
-                url: config.nats_url.clone(),
-                source,
-            })?;
-        let js = async_nats::jetstream::new(client.clone());
-        let stream = muster_log::provision(&js, &config.log).await?;
+        let (client, stream) =
+            muster_log::open(&config.nats_url, "muster-intake", &config.log).await?;
         let reader = LogReader::new(stream);
         let (appender, appender_task) = Appender::start(client.clone(), config.appender.clone());
         let directory = directory::Directory::new(reader.clone(), config.incident_cache_ttl);
@@ -98,13 +92,8 @@ impl Intake {
 /// Why intake could not start or serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("connecting to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
     #[error(transparent)]
-    Provision(#[from] muster_log::ProvisionError),
+    Open(#[from] muster_log::OpenError),
     #[error("serving gRPC: {0}")]
     Serve(#[from] tonic::transport::Error),
 }

@@ -20,13 +20,8 @@ pub use service::{Config, run};
 /// Why the matcher (or an audit) stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum MatcherError {
-    #[error("connecting to NATS at {url}: {source}")]
-    Connect {
-        url: String,
-        source: async_nats::ConnectError,
-    },
     #[error(transparent)]
-    Provision(#[from] muster_log::ProvisionError),
+    Open(#[from] muster_log::OpenError),
     #[error(transparent)]
     Consumer(#[from] muster_log::consumer::ConsumerError),
     #[error("reading the log's state: {0}")]
@@ -45,15 +40,7 @@ async fn open_log(
     name: &str,
     log: &muster_log::LogConfig,
 ) -> Result<(async_nats::Client, async_nats::jetstream::stream::Stream), MatcherError> {
-    let client = muster_log::connect(nats_url, name)
-        .await
-        .map_err(|source| MatcherError::Connect {
-            url: nats_url.to_string(),
-            source,
-        })?;
-    let js = async_nats::jetstream::new(client.clone());
-    let stream = muster_log::provision(&js, log).await?;
-    Ok((client, stream))
+    Ok(muster_log::open(nats_url, name, log).await?)
 }
 
 /// The last sequence of the log right now: where history ends for a reader starting now.
