@@ -74,6 +74,10 @@ pub struct LogArgs {
     /// Atomic batches intake commits concurrently.
     #[arg(long, env = "MUSTER_BATCHES_IN_FLIGHT", default_value_t = muster_log::AppenderConfig::default().max_in_flight)]
     pub batches_in_flight: usize,
+    /// Seconds without events after which the matcher ticks an incident that has assignments
+    /// waiting to be accepted (log time decides expiry).
+    #[arg(long, env = "MUSTER_TICK_S", default_value_t = 30)]
+    pub tick_s: u64,
     /// Microseconds intake waits to fill a batch once its first request has arrived.
     #[arg(long, env = "MUSTER_LINGER_US", default_value_t = muster_log::AppenderConfig::default().linger.as_micros() as u64)]
     pub linger_us: u64,
@@ -107,6 +111,7 @@ impl LogArgs {
         let mut c = muster_matcher::Config::new(nats_url);
         c.log = self.log_config();
         c.appender = self.appender_config();
+        c.tick_every = std::time::Duration::from_secs(self.tick_s.max(1));
         c
     }
 }

@@ -26,6 +26,9 @@ pub struct Config {
     pub nats_url: String,
     pub log: LogConfig,
     pub appender: AppenderConfig,
+    /// An incident with pending assignments and no new events for this long gets a tick, so
+    /// log time (which decides expiry) moves on.
+    pub tick_every: Duration,
 }
 
 impl Config {
@@ -34,6 +37,7 @@ impl Config {
             nats_url: nats_url.into(),
             log: LogConfig::default(),
             appender: AppenderConfig::default(),
+            tick_every: Duration::from_secs(30),
         }
     }
 }
@@ -52,9 +56,25 @@ struct Incident {
     since_cut: u32,
     /// A round appended but not yet read back from the log.
     awaiting: Option<u64>,
+    /// When (wall clock) the matcher last read an event of this incident.
+    last_heard: std::time::Instant,
 }
 
 impl Incident {
+    /// Whether log time should be moved on: live, something waiting on time, nothing heard for
+    /// `quiet`, and no round of ours in flight.
+    fn tick_due(&self, quiet: Duration) -> bool {
+        !self.stood_down
+            && self.awaiting.is_none()
+            && self.last_heard.elapsed() >= quiet
+            && self.state.assignments.values().any(|a| {
+                matches!(
+                    a.status,
+                    muster_matching::state::AssignmentStatus::Pending { .. }
+                )
+            })
+    }
+
     /// Something happened that no round has considered yet.
     fn dirty(&self) -> bool {
         self.last_input > self.last_round
@@ -93,9 +113,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut set_aside = 0u64;
     tracing::info!(history_ends, "matcher folding the log");
     tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(config.tick_every.max(Duration::from_millis(10)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut live = history_ends == 0;
     let result = loop {
         let delivered = tokio::select! {
             () = &mut shutdown => break Ok(()),
+            _ = ticker.tick(), if live => {
+                for inc in incidents.values_mut().filter(|i| i.tick_due(config.tick_every)) {
+                    tick(inc, &appender).await;
+                }
+                continue;
+            }
             d = consumer.next() => d,
         };
         let Some(delivered) = delivered else {
@@ -126,7 +155,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 last_round: 0,
                 since_cut: 0,
                 awaiting: None,
+                last_heard: std::time::Instant::now(),
             });
+        inc.last_heard = std::time::Instant::now();
         inc.state.apply(d.seq, &env);
         match &env.event {
             Event::RoundRecordedV1(r) => {
@@ -145,6 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         if d.seq < history_ends {
             continue;
         }
+        live = true;
         if d.seq == history_ends {
             tracing::info!(
                 seq = d.seq,
@@ -175,6 +207,42 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = appender_task.await;
     let _ = client.flush().await;
     result
+}
+
+/// Appends a tick to `inc` at the wall clock's time: an input like any other, so rounds after
+/// it are still exactly the fold of the log.
+async fn tick(inc: &mut Incident, appender: &Appender) {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let now = muster_schema::Timestamp(micros.max(inc.state.now.micros()));
+    let msg_id = format!("muster-matcher:tick:{}:{}", inc.id, now.micros());
+    let env = Envelope {
+        schema_version: ENVELOPE_VERSION,
+        event_id: EntityId::hash(&[msg_id.as_bytes()]),
+        incident: inc.id.clone(),
+        partition: muster_schema::PartitionCode::incident_wide(),
+        recorded_at: now,
+        actor: matcher_actor(),
+        idempotency_key: format!("tick-{}", now.micros()),
+        correlation_id: msg_id.clone(),
+        causation_id: None,
+        event: Event::TickV1(muster_schema::events::TickV1 {
+            incident: inc.id.clone(),
+        }),
+    };
+    let out = Outgoing {
+        subject: subject::for_envelope(&env),
+        payload: env.encode().into(),
+        msg_id,
+        expect: Expect::Anything,
+    };
+    match appender.append(vec![out]).await {
+        Ok(_) => inc.last_heard = std::time::Instant::now(),
+        Err(e) => {
+            tracing::warn!(incident = %inc.id, error = %e, "tick not appended; will try again")
+        }
+    }
 }
 
 /// Cuts a round of `inc` and appends it (the round's events come back through the log).

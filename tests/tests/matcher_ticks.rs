@@ -1,0 +1,147 @@
+//! The matcher moves log time on for an incident whose assignments wait on it, and not otherwise.
+
+use std::time::Duration;
+
+use muster_proto::v1 as pb;
+use muster_schema::Event;
+use muster_tests::{Intake, Nats, read_all};
+
+fn req<T>(body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut()
+        .insert("x-muster-agency", "ripon-council".parse().expect("ascii"));
+    r
+}
+
+fn ts(s: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: s,
+        nanos: 0,
+    })
+}
+
+#[tokio::test]
+async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
+    let nats = Nats::start().await;
+    let intake = Intake::start(&nats.url()).await;
+    let mut c = intake.client().await;
+    let mut config = muster_matcher::Config::new(nats.url());
+    config.tick_every = Duration::from_millis(200);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let matcher = tokio::spawn(muster_matcher::run(config, async {
+        let _ = stopped.await;
+    }));
+
+    c.declare_incident(req(pb::DeclareIncidentRequest {
+        idempotency_key: "d".into(),
+        incident: "ripon".into(),
+        name: "Ripon".into(),
+        partitions: vec![],
+        categories: vec![],
+        policy: None,
+    }))
+    .await
+    .expect("declare");
+    let window = Some(pb::TimeWindow {
+        start: ts(1_800_000_000),
+        end: ts(1_800_086_400),
+    });
+    let at = Some(pb::Location {
+        lat: 54.14,
+        lon: -1.52,
+    });
+    c.register_offer(req(pb::RegisterOfferRequest {
+        idempotency_key: "o".into(),
+        incident: "ripon".into(),
+        partition: "E07000166".into(),
+        reference: "o".into(),
+        provider: Some(pb::Provider {
+            kind: pb::ProviderKind::Volunteer as i32,
+            id: "vol-1".into(),
+        }),
+        offer: Some(pb::OfferSpec {
+            kinds: vec![pb::Category::Food as i32],
+            skills: vec![],
+            capacity: 1,
+            location: at,
+            travel_radius_m: 5_000,
+            availability: vec![window.clone().expect("window")],
+        }),
+        personal: None,
+    }))
+    .await
+    .expect("offer");
+    c.report_need(req(pb::ReportNeedRequest {
+        idempotency_key: "n".into(),
+        incident: "ripon".into(),
+        partition: "E07000166".into(),
+        reference: "n".into(),
+        need: Some(pb::NeedSpec {
+            category: pb::Category::Food as i32,
+            urgency: 3,
+            party_size: 1,
+            window,
+            location: at,
+            required_skills: vec![],
+            required_verifications: vec![],
+            vulnerable: false,
+        }),
+        personal: None,
+    }))
+    .await
+    .expect("need");
+
+    let (_, stream) = nats.log().await;
+    let ticks = |log: &[(u64, String, muster_schema::Envelope)]| {
+        log.iter()
+            .filter(|(_, _, e)| matches!(e.event, Event::TickV1(_)))
+            .count()
+    };
+    let mut assignment = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let log = read_all(&stream).await;
+        assignment = log.iter().find_map(|(_, _, e)| match &e.event {
+            Event::AssignmentProposedV1(p) => Some(p.assignment),
+            _ => None,
+        });
+        if assignment.is_some() && ticks(&log) >= 2 {
+            break;
+        }
+    }
+    let assignment = assignment.expect("the need was matched");
+    let log = read_all(&stream).await;
+    assert!(
+        ticks(&log) >= 2,
+        "a pending assignment makes the matcher tick"
+    );
+    assert!(
+        log.iter()
+            .filter(|(_, _, e)| matches!(e.event, Event::TickV1(_)))
+            .all(|(_, _, e)| e.actor.as_str() == "muster-matcher")
+    );
+
+    c.respond_to_assignment(req(pb::RespondToAssignmentRequest {
+        idempotency_key: "accept".into(),
+        incident: "ripon".into(),
+        assignment_id: assignment.to_hex(),
+        response: pb::AssignmentResponse::Accept as i32,
+        reason: String::new(),
+    }))
+    .await
+    .expect("accept");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let settled = ticks(&read_all(&stream).await);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        ticks(&read_all(&stream).await),
+        settled,
+        "nothing waits on time: no more ticks"
+    );
+
+    let _ = stop.send(());
+    matcher
+        .await
+        .expect("matcher task")
+        .expect("matcher stopped cleanly");
+}
