@@ -65,7 +65,7 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
             capacity: 1,
             location: at,
             travel_radius_m: 5_000,
-            availability: vec![window.clone().expect("window")],
+            availability: vec![window.expect("window")],
         }),
         personal: None,
     }))
