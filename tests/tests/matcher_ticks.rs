@@ -42,10 +42,10 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
     }))
     .await
     .expect("declare");
-    let window = Some(pb::TimeWindow {
+    let day = pb::TimeWindow {
         start: ts(1_800_000_000),
         end: ts(1_800_086_400),
-    });
+    };
     let at = Some(pb::Location {
         lat: 54.14,
         lon: -1.52,
@@ -65,7 +65,7 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
             capacity: 1,
             location: at,
             travel_radius_m: 5_000,
-            availability: vec![window.expect("window")],
+            availability: vec![day],
         }),
         personal: None,
     }))
@@ -80,7 +80,7 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
             category: pb::Category::Food as i32,
             urgency: 3,
             party_size: 1,
-            window,
+            window: Some(day),
             location: at,
             required_skills: vec![],
             required_verifications: vec![],
