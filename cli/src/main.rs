@@ -57,6 +57,24 @@ enum AuditCommand {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Write one round's instance as JSON (needs, candidate offers with eligibility and scores,
+    /// the chosen assignment) so it can be checked with an outside solver.
+    ExportRound {
+        /// NATS server(s) to connect to, comma-separated.
+        #[arg(long, env = "MUSTER_NATS_URL")]
+        nats_url: String,
+        /// The incident.
+        #[arg(long)]
+        incident: String,
+        /// The round's stream sequence S (its `through_seq`).
+        #[arg(long)]
+        seq: u64,
+        /// Where to write the JSON (default: standard output).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        log: LogArgs,
+    },
 }
 
 /// Settings of the log shared by every service.
@@ -175,6 +193,25 @@ async fn audit_verify(nats_url: &str, log: &LogArgs) -> anyhow::Result<()> {
     }
 }
 
+async fn export_round(
+    nats_url: &str,
+    incident: &str,
+    seq: u64,
+    out: Option<&std::path::Path>,
+    log: &LogArgs,
+) -> anyhow::Result<()> {
+    let incident = muster_schema::IncidentId::parse("--incident", incident)
+        .map_err(|v| anyhow::anyhow!("{v}"))?;
+    let json =
+        muster_matcher::audit::export_round(nats_url, &log.log_config(), &incident, seq).await?;
+    let text = serde_json::to_string_pretty(&json)?;
+    match out {
+        Some(path) => std::fs::write(path, text + "\n")?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -203,6 +240,13 @@ fn main() -> anyhow::Result<()> {
             Command::Audit(AuditCommand::Verify { nats_url, log }) => {
                 audit_verify(&nats_url, &log).await
             }
+            Command::Audit(AuditCommand::ExportRound {
+                nats_url,
+                incident,
+                seq,
+                out,
+                log,
+            }) => export_round(&nats_url, &incident, seq, out.as_deref(), &log).await,
         };
         if let Err(e) = &result {
             tracing::error!(error = format!("{e:#}"), "muster stopped with an error");

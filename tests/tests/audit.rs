@@ -156,3 +156,38 @@ async fn a_tampered_score_is_reported_at_its_sequence() {
     );
     assert_ne!(d.expected, d.got);
 }
+
+#[tokio::test]
+async fn a_round_exports_its_instance_and_the_recorded_choice() {
+    let nats = Nats::start().await;
+    log_with_round(&nats, |_| {}).await;
+    let (_, stream) = nats.log().await;
+    let log = read_all(&stream).await;
+    let (s, recorded_score) = log
+        .iter()
+        .find_map(|(_, _, e)| match &e.event {
+            Event::AssignmentProposedV1(p) => Some((p.round_through_seq, p.score.total)),
+            _ => None,
+        })
+        .expect("a proposal");
+    let incident = IncidentId::parse("i", "audit").expect("valid");
+    let json = muster_matcher::audit::export_round(&nats.url(), &Default::default(), &incident, s)
+        .await
+        .expect("export");
+    assert_eq!(json["recorded"], true);
+    assert_eq!(json["through_seq"], s);
+    let needs = json["needs"].as_array().expect("needs");
+    assert_eq!(needs.len(), 1);
+    let candidate = &needs[0]["candidates"][0];
+    assert_eq!(candidate["eligible"], true);
+    assert_eq!(candidate["score"]["total"], recorded_score);
+    assert_eq!(json["assignment"][0]["score"]["total"], recorded_score);
+    assert_eq!(json["assignment"][0]["need"], EntityId([3; 16]).to_hex());
+    assert_eq!(json["total_score"], recorded_score);
+    // A sequence beyond the log is refused.
+    assert!(
+        muster_matcher::audit::export_round(&nats.url(), &Default::default(), &incident, 999)
+            .await
+            .is_err()
+    );
+}

@@ -77,6 +77,51 @@ struct Candidate {
     score: Score,
 }
 
+/// Every offer the index yields for `need`, in slot order, with the rules' verdict: the distance
+/// and score of an eligible pair, or the rule it breaks. The one place candidates are judged:
+/// rounds use the eligible ones, audit exports show them all.
+pub fn evaluate(
+    state: &State,
+    need_id: &EntityId,
+    need: &crate::state::Need,
+    mut visit: impl FnMut(u32, Result<(u32, Score), rules::Ineligible>),
+) {
+    let policy = &state.policy;
+    let spec = &need.spec;
+    let min_level = spec
+        .required_verifications
+        .iter()
+        .map(rules::criminal_record_level)
+        .max()
+        .unwrap_or(0);
+    let waited = state.now.micros() - need.reported_at.micros();
+    for slot in state.index.candidates(
+        spec.category,
+        min_level,
+        &spec.location,
+        policy.max_radius_m,
+    ) {
+        let offer = &state.offers[slot as usize];
+        if offer.withdrawn {
+            continue;
+        }
+        let provider = &state.providers[offer.provider as usize];
+        let ctx = PairContext {
+            now: state.now,
+            remaining_capacity: offer.remaining(),
+            provider_load: provider.load,
+            declined: state.declined_slot(need_id, offer.provider),
+        };
+        let outcome = rules::eligible(spec, &offer.spec, provider.held(), &ctx, policy).map(|d| {
+            (
+                d,
+                rules::score(spec.urgency.get(), waited, d, provider.tasks, policy),
+            )
+        });
+        visit(slot, outcome);
+    }
+}
+
 /// The round's instance: open needs, and per need each provider's best eligible offer.
 #[derive(Debug)]
 pub struct RoundInstance {
@@ -87,50 +132,17 @@ pub struct RoundInstance {
 
 impl RoundInstance {
     pub fn build(state: &State) -> Self {
-        let policy = &state.policy;
         let mut per_need: Vec<(EntityId, BTreeMap<u32, Candidate>)> = Vec::new();
         for (need_id, need) in &state.needs {
             if need.status != NeedStatus::Open {
                 continue;
             }
-            let spec = &need.spec;
-            let min_level = spec
-                .required_verifications
-                .iter()
-                .map(rules::criminal_record_level)
-                .max()
-                .unwrap_or(0);
-            let waited = state.now.micros() - need.reported_at.micros();
             let mut best: BTreeMap<u32, Candidate> = BTreeMap::new();
-            for slot in state.index.candidates(
-                spec.category,
-                min_level,
-                &spec.location,
-                policy.max_radius_m,
-            ) {
+            evaluate(state, need_id, need, |slot, outcome| {
+                let Ok((distance_m, score)) = outcome else {
+                    return;
+                };
                 let offer = &state.offers[slot as usize];
-                if offer.withdrawn {
-                    continue;
-                }
-                let provider = &state.providers[offer.provider as usize];
-                let ctx = PairContext {
-                    now: state.now,
-                    remaining_capacity: offer.remaining(),
-                    provider_load: provider.load,
-                    declined: state.declined_slot(need_id, offer.provider),
-                };
-                let Ok(distance_m) =
-                    rules::eligible(spec, &offer.spec, provider.held(), &ctx, policy)
-                else {
-                    continue;
-                };
-                let score = rules::score(
-                    spec.urgency.get(),
-                    waited,
-                    distance_m,
-                    provider.tasks,
-                    policy,
-                );
                 let candidate = Candidate {
                     offer: offer.id,
                     distance_m,
@@ -146,7 +158,7 @@ impl RoundInstance {
                         }
                     })
                     .or_insert(candidate);
-            }
+            });
             per_need.push((*need_id, best));
         }
         // Columns in provider-id order, so ties in the solver are broken by ids.

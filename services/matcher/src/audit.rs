@@ -156,3 +156,97 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
     }
     Ok(report)
 }
+
+/// One round's instance as JSON, for checking with an outside solver: the policy, every open
+/// need with every candidate offer the index yields (eligible with its distance and score parts,
+/// or the rule it breaks), and the assignment the engine chooses — which `verify` proves is the
+/// one recorded on the log.
+pub async fn export_round(
+    nats_url: &str,
+    log: &LogConfig,
+    incident: &IncidentId,
+    through_seq: u64,
+) -> Result<serde_json::Value, MatcherError> {
+    use muster_matching::round::{evaluate, round_id};
+    use serde_json::json;
+
+    let (_client, mut stream) = crate::open_log(nats_url, "muster-audit", log).await?;
+    let end = crate::last_sequence(&mut stream).await?;
+    if through_seq == 0 || through_seq > end {
+        return Err(MatcherError::Info(format!(
+            "sequence {through_seq} is not in the log (1..={end})"
+        )));
+    }
+    let mut state = State::default();
+    let mut set_aside = 0;
+    scan(&stream, through_seq, &mut set_aside, |seq, env| {
+        if env.incident == *incident {
+            state.apply(seq, &env);
+        }
+        true
+    })
+    .await?;
+    let reader = muster_log::LogReader::new(stream);
+    let record_subject = subject::entity(
+        incident,
+        &muster_schema::PartitionCode::incident_wide(),
+        muster_schema::ids::EntityKind::Round,
+        &round_id(incident, through_seq),
+    );
+    let recorded = reader
+        .last(&record_subject)
+        .await
+        .map_err(|e| MatcherError::Info(e.to_string()))?
+        .is_some();
+
+    let score_json = |s: &muster_matching::rules::Score| json!({"total": s.total, "urgency": s.urgency, "waiting": s.waiting, "distance": s.distance, "fairness": s.fairness});
+    let needs: Vec<serde_json::Value> = state
+        .needs
+        .iter()
+        .filter(|(_, n)| n.status == muster_matching::state::NeedStatus::Open)
+        .map(|(id, need)| {
+            let mut candidates = Vec::new();
+            evaluate(&state, id, need, |slot, outcome| {
+                let offer = &state.offers[slot as usize];
+                let provider = state.providers[offer.provider as usize].id.to_string();
+                candidates.push(match outcome {
+                    Ok((distance_m, score)) => json!({
+                        "offer": offer.id.to_hex(), "provider": provider, "eligible": true,
+                        "distance_m": distance_m, "score": score_json(&score),
+                    }),
+                    Err(rule) => json!({
+                        "offer": offer.id.to_hex(), "provider": provider, "eligible": false,
+                        "broken_rule": format!("{rule:?}"),
+                    }),
+                });
+            });
+            json!({
+                "need": id.to_hex(),
+                "partition": need.partition.as_str(),
+                "category": format!("{:?}", need.spec.category),
+                "urgency": need.spec.urgency.get(),
+                "party_size": need.spec.party_size,
+                "required_verifications": need.spec.required_verifications.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>(),
+                "candidates": candidates,
+            })
+        })
+        .collect();
+    let r = round(&state);
+    let chosen: Vec<serde_json::Value> = r
+        .proposals
+        .iter()
+        .map(|p| json!({"need": p.need.to_hex(), "offer": p.offer.to_hex(), "provider": p.provider.as_str(), "score": score_json(&p.score)}))
+        .collect();
+    Ok(json!({
+        "incident": incident.as_str(),
+        "through_seq": through_seq,
+        "log_time_us": state.now.micros(),
+        "policy_version": state.policy_version,
+        "policy": format!("{:?}", state.policy),
+        "recorded": recorded,
+        "model": "each provider takes at most one new assignment per round, through its best eligible offer; maximise the total score",
+        "needs": needs,
+        "assignment": chosen,
+        "total_score": r.total_score,
+    }))
+}
