@@ -9,6 +9,7 @@
 
 mod intake;
 mod matcher;
+mod pandemic;
 mod stats;
 
 use clap::{Parser, Subcommand};

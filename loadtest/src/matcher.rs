@@ -24,31 +24,34 @@ use muster_schema::*;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Which scenarios to run.
-    #[arg(long, value_delimiter = ',', default_value = "flood,scarce")]
+    #[arg(long, value_delimiter = ',', default_value = "flood,scarce,pandemic")]
     scenarios: Vec<String>,
+    /// Size of the pandemic replay relative to the (50k needs, 300k offers).
+    #[arg(long, default_value_t = 0.1)]
+    pandemic_scale: f64,
     /// Seed of the generators (same seed, same surge).
     #[arg(long, default_value_t = 7)]
     seed: u64,
 }
 
 /// SplitMix64: a small, fixed, seedable generator, so a scenario is the same on every machine.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
-    fn chance(&mut self, percent: u64) -> bool {
+    pub(crate) fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
-    fn between(&mut self, lo: i64, hi: i64) -> i64 {
+    pub(crate) fn between(&mut self, lo: i64, hi: i64) -> i64 {
         lo + self.below((hi - lo + 1) as u64) as i64
     }
 }
@@ -290,7 +293,7 @@ fn certify_optimal(inst: &Instance, s: &Solution) -> bool {
 }
 
 /// The Gini coefficient of non-negative counts.
-fn gini(mut xs: Vec<u64>) -> f64 {
+pub(crate) fn gini(mut xs: Vec<u64>) -> f64 {
     xs.sort_unstable();
     let n = xs.len() as f64;
     let total: f64 = xs.iter().map(|&x| x as f64).sum();
@@ -436,7 +439,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 },
                 args.seed,
             ),
-            other => anyhow::bail!("unknown scenario {other}: flood or scarce"),
+            "pandemic" => crate::pandemic::run(args.pandemic_scale, args.seed),
+            other => anyhow::bail!("unknown scenario {other}: flood, scarce or pandemic"),
         }
     }
     Ok(())
