@@ -61,6 +61,40 @@ pub fn cell(p: &GeoPoint) -> (i32, i32) {
     )
 }
 
+/// A lower bound on [`distance_m`] from `p` to any point of `cell`: never more than the distance
+/// the rules compute for an offer in that cell, so a search may skip cells by it.
+pub fn min_distance_to_cell_m(p: &GeoPoint, cell: (i32, i32)) -> u32 {
+    let lat0 = i64::from(cell.0) * i64::from(CELL_MICRODEGREES);
+    let lon0 = i64::from(cell.1) * i64::from(CELL_MICRODEGREES);
+    let (lat1, lon1) = (
+        lat0 + i64::from(CELL_MICRODEGREES),
+        lon0 + i64::from(CELL_MICRODEGREES),
+    );
+    let (plat, plon) = (i64::from(p.lat_e6), i64::from(p.lon_e6));
+    let dlat = if plat < lat0 {
+        lat0 - plat
+    } else if plat > lat1 {
+        plat - lat1
+    } else {
+        0
+    };
+    let dlon = if plon < lon0 {
+        lon0 - plon
+    } else if plon > lon1 {
+        plon - lon1
+    } else {
+        0
+    };
+    // The smallest cosine any mean latitude of p and a point of the cell can have: the most
+    // poleward latitude involved, rounded poleward in the table.
+    let poleward = plat.abs().max(lat0.abs()).max(lat1.abs()).min(90_000_000) as u64;
+    let cos = cos_table()[(poleward.div_ceil(10_000)).min(9_000) as usize];
+    let dy = (i128::from(dlat) * MM_PER_MICRODEGREE) as f64;
+    let dx = ((i128::from(dlon) * MM_PER_MICRODEGREE * cos) >> 30) as f64;
+    let mm = (dx * dx + dy * dy).sqrt();
+    ((mm / 1000.0) as u32).saturating_sub(1)
+}
+
 /// The cells that may hold a point within `radius_m` of `p` (a superset: callers check distance).
 pub fn cells_within(p: &GeoPoint, radius_m: u32) -> impl Iterator<Item = (i32, i32)> {
     let (cl, cn) = cell(p);
@@ -102,6 +136,28 @@ mod tests {
         let c = cos_q30(60_000_000) as f64 / Q as f64;
         assert!((c - 0.5).abs() < 1e-6, "{c}");
         assert_eq!(cos_q30(0), Q);
+    }
+
+    #[test]
+    fn the_cell_bound_never_exceeds_a_real_distance() {
+        let centre = p(53.9601, -1.0001);
+        let mut state = 12_345u64;
+        for _ in 0..20_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let dlat = (state >> 33) as i64 % 300_000 - 150_000;
+            let dlon = (state >> 13) as i64 % 500_000 - 250_000;
+            let q = GeoPoint {
+                lat_e6: centre.lat_e6 + dlat as i32,
+                lon_e6: centre.lon_e6 + dlon as i32,
+            };
+            assert!(
+                min_distance_to_cell_m(&centre, cell(&q)) <= distance_m(&centre, &q),
+                "{q:?}"
+            );
+        }
+        assert_eq!(min_distance_to_cell_m(&centre, cell(&centre)), 0);
     }
 
     #[test]

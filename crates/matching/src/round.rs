@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use muster_schema::EntityId;
 use muster_schema::events::CancelReason;
 
+use crate::geo;
 use crate::rules::{self, PairContext, Score};
 use crate::solver::{self, Instance};
 use crate::state::{AssignmentStatus, NeedStatus, ProviderKey, State};
@@ -122,6 +123,108 @@ pub fn evaluate(
     }
 }
 
+/// A need's best `n` providers, each through their best eligible offer (ties: smaller offer id,
+/// then provider slot). Exact for a round of `n` needs: some optimal matching gives every need
+/// one of its own `n` best providers (at most `n - 1` others can take them), so nothing beyond
+/// them can matter. The search visits the grid cells within reach nearest first (by a lower
+/// bound on distance) and stops once the `n`-th best score beats the best any offer in the
+/// remaining cells could score.
+fn best_providers(
+    state: &State,
+    need_id: &EntityId,
+    need: &crate::state::Need,
+    n: usize,
+) -> BTreeMap<u32, Candidate> {
+    let policy = &state.policy;
+    let spec = &need.spec;
+    let min_level = spec
+        .required_verifications
+        .iter()
+        .map(rules::criminal_record_level)
+        .max()
+        .unwrap_or(0);
+    let waited = state.now.micros() - need.reported_at.micros();
+    let reach = policy.max_radius_m.min(state.index.max_radius_m());
+    let mut cells: Vec<(u32, (i32, i32))> = geo::cells_within(&spec.location, reach)
+        .map(|c| (geo::min_distance_to_cell_m(&spec.location, c), c))
+        .filter(|(d, _)| *d <= reach)
+        .collect();
+    cells.sort_unstable();
+    let mut best: BTreeMap<u32, Candidate> = BTreeMap::new();
+    let mut slots = Vec::new();
+    for (nearest, cell) in cells {
+        if best.len() >= n.max(1) {
+            let mut scores: Vec<i64> = best.values().map(|c| c.score.total).collect();
+            let k = n.max(1) - 1;
+            let (_, nth, _) = scores.select_nth_unstable_by(k, |a, b| b.cmp(a));
+            let bound = rules::score(spec.urgency.get(), waited, nearest, 0, policy).total;
+            if *nth > bound {
+                break;
+            }
+        }
+        slots.clear();
+        state
+            .index
+            .in_cell(spec.category, min_level, cell, &mut slots);
+        for &slot in &slots {
+            let offer = &state.offers[slot as usize];
+            if offer.withdrawn {
+                continue;
+            }
+            let provider = &state.providers[offer.provider as usize];
+            let ctx = PairContext {
+                now: state.now,
+                remaining_capacity: offer.remaining(),
+                provider_load: provider.load,
+                declined: state.declined_slot(need_id, offer.provider),
+            };
+            let Ok(distance_m) = rules::eligible(spec, &offer.spec, provider.held(), &ctx, policy)
+            else {
+                continue;
+            };
+            let score = rules::score(
+                spec.urgency.get(),
+                waited,
+                distance_m,
+                provider.tasks,
+                policy,
+            );
+            let candidate = Candidate {
+                offer: offer.id,
+                distance_m,
+                score,
+            };
+            best.entry(offer.provider)
+                .and_modify(|c| {
+                    if (candidate.score.total, std::cmp::Reverse(candidate.offer))
+                        > (c.score.total, std::cmp::Reverse(c.offer))
+                    {
+                        *c = candidate;
+                    }
+                })
+                .or_insert(candidate);
+        }
+    }
+    if best.len() > n {
+        let mut ranked: Vec<(u32, Candidate)> = best.into_iter().collect();
+        ranked.sort_by(|(pa, a), (pb, b)| {
+            (
+                b.score.total,
+                std::cmp::Reverse(b.offer),
+                std::cmp::Reverse(*pb),
+            )
+                .cmp(&(
+                    a.score.total,
+                    std::cmp::Reverse(a.offer),
+                    std::cmp::Reverse(*pa),
+                ))
+        });
+        ranked.truncate(n);
+        best = ranked.into_iter().collect();
+    }
+    best
+}
+
 /// The round's instance: open needs, and per need each provider's best eligible offer.
 #[derive(Debug)]
 pub struct RoundInstance {
@@ -132,33 +235,17 @@ pub struct RoundInstance {
 
 impl RoundInstance {
     pub fn build(state: &State) -> Self {
+        let open = state
+            .needs
+            .values()
+            .filter(|n| n.status == NeedStatus::Open)
+            .count();
         let mut per_need: Vec<(EntityId, BTreeMap<u32, Candidate>)> = Vec::new();
         for (need_id, need) in &state.needs {
             if need.status != NeedStatus::Open {
                 continue;
             }
-            let mut best: BTreeMap<u32, Candidate> = BTreeMap::new();
-            evaluate(state, need_id, need, |slot, outcome| {
-                let Ok((distance_m, score)) = outcome else {
-                    return;
-                };
-                let offer = &state.offers[slot as usize];
-                let candidate = Candidate {
-                    offer: offer.id,
-                    distance_m,
-                    score,
-                };
-                // A provider's best offer; on equal scores the smaller offer id.
-                best.entry(offer.provider)
-                    .and_modify(|c| {
-                        if (candidate.score.total, std::cmp::Reverse(candidate.offer))
-                            > (c.score.total, std::cmp::Reverse(c.offer))
-                        {
-                            *c = candidate;
-                        }
-                    })
-                    .or_insert(candidate);
-            });
+            let best = best_providers(state, need_id, need, open);
             per_need.push((*need_id, best));
         }
         // Columns in provider-id order, so ties in the solver are broken by ids.

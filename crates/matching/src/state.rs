@@ -126,6 +126,21 @@ impl SpatialIndex {
         self.placed.insert(slot, keys);
     }
 
+    /// The largest travel radius of any offer indexed so far.
+    pub fn max_radius_m(&self) -> u32 {
+        self.max_radius_m
+    }
+
+    /// Offer slots serving `category` in `cell`, from providers at criminal-record level
+    /// `min_level` or above.
+    pub fn in_cell(&self, category: Category, min_level: u8, cell: Cell, out: &mut Vec<u32>) {
+        for level in min_level..=4 {
+            if let Some(set) = self.cells.get(&((category, level), cell)) {
+                out.extend(set.iter().copied());
+            }
+        }
+    }
+
     /// Offer slots that may serve `category` within `radius_m` of `at`, from providers at
     /// criminal-record level `min_level` or above: a superset, sorted and unique (the rules
     /// check each candidate).

@@ -612,9 +612,19 @@ mod properties {
     }
 
     fn step() -> impl Strategy<Value = Step> {
+        step_in(12, 12, 6)
+    }
+
+    /// Few needs, many volunteers: rounds where each need has more candidates than the round
+    /// has needs, so the top-n candidate search prunes.
+    fn crowded() -> impl Strategy<Value = Step> {
+        step_in(3, 40, 30)
+    }
+
+    fn step_in(needs: u8, offers: u8, volunteers: u8) -> impl Strategy<Value = Step> {
         prop_oneof![
             (
-                0u8..12,
+                0u8..needs,
                 1u32..=5,
                 1u16..4,
                 -40_000i32..40_000,
@@ -627,21 +637,26 @@ mod properties {
                     lat,
                     enhanced
                 }),
-            (0u8..12, 0u8..6, 1u16..5, -40_000i32..40_000).prop_map(|(o, vol, capacity, lat)| {
-                Step::Offer {
-                    o,
-                    vol,
-                    capacity,
-                    lat,
+            (0u8..offers, 0u8..volunteers, 1u16..5, -40_000i32..40_000).prop_map(
+                |(o, vol, capacity, lat)| {
+                    Step::Offer {
+                        o,
+                        vol,
+                        capacity,
+                        lat,
+                    }
                 }
-            }),
-            (0u8..6, any::<bool>(), proptest::option::of(1i64..6)).prop_map(
-                |(vol, enhanced, expires_h)| Step::Verify {
+            ),
+            (
+                0u8..volunteers,
+                any::<bool>(),
+                proptest::option::of(1i64..6)
+            )
+                .prop_map(|(vol, enhanced, expires_h)| Step::Verify {
                     vol,
                     enhanced,
                     expires_h
-                }
-            ),
+                }),
             (0u8..20).prop_map(|v| Step::Revoke { v }),
             Just(Step::Round),
             Just(Step::Round),
@@ -837,6 +852,22 @@ mod properties {
                     .collect()
             })
             .collect();
+        if weight.len() <= 4 {
+            // Few needs: try every choice of distinct providers.
+            fn go(weight: &[Vec<i64>], i: usize, used: &mut Vec<bool>) -> i64 {
+                let Some(row) = weight.get(i) else { return 0 };
+                let mut best = go(weight, i + 1, used);
+                for (p, &w) in row.iter().enumerate() {
+                    if w > 0 && !used[p] {
+                        used[p] = true;
+                        best = best.max(w + go(weight, i + 1, used));
+                        used[p] = false;
+                    }
+                }
+                best
+            }
+            return go(&weight, 0, &mut vec![false; providers.len()]);
+        }
         let full = 1usize << providers.len();
         let mut best = vec![0i64; full];
         for row in weight.iter().rev() {
@@ -883,6 +914,12 @@ mod properties {
             let first = play(&steps);
             let second = play(&steps);
             prop_assert_eq!(first, second);
+        }
+
+        #[test]
+        fn pruned_rounds_are_still_optimal(steps in proptest::collection::vec(crowded(), 1..80)) {
+            let first = play(&steps);
+            prop_assert_eq!(first, play(&steps));
         }
     }
 }
