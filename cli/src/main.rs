@@ -42,6 +42,10 @@ struct MatcherArgs {
     /// NATS server(s) to connect to, comma-separated.
     #[arg(long, env = "MUSTER_NATS_URL")]
     nats_url: String,
+    /// Where the matcher keeps its snapshots (RocksDB); without it the state is rebuilt from
+    /// the log at every start.
+    #[arg(long, env = "MUSTER_MATCHER_DATA_DIR")]
+    data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -233,7 +237,9 @@ fn main() -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
             }
             Command::Matcher(args) => {
-                muster_matcher::run(args.log.matcher_config(&args.nats_url), shutdown_signal())
+                let mut config = args.log.matcher_config(&args.nats_url);
+                config.data_dir = args.data_dir;
+                muster_matcher::run(config, shutdown_signal())
                     .await
                     .map_err(anyhow::Error::from)
             }

@@ -27,7 +27,7 @@ pub fn satisfies(held: &VerificationKind, required: &VerificationKind) -> bool {
 }
 
 /// A verification as the rules see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeldVerification {
     pub kind: VerificationKind,
     pub issued_at: Timestamp,

@@ -8,6 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use serde::{Deserialize, Serialize};
+
 use muster_schema::events::{CancelReason, NeedSpecV1, OfferSpecV1};
 use muster_schema::{
     Category, EntityId, Envelope, Event, GeoPoint, PartitionCode, PersonId, PolicyV1, Provider,
@@ -20,7 +22,7 @@ use crate::rules::{self, HeldVerification};
 /// Who stands behind offers: one assignment per provider per round.
 pub type ProviderKey = PersonId;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum NeedStatus {
     Open,
     /// Has a pending or accepted assignment.
@@ -29,7 +31,7 @@ pub enum NeedStatus {
     Completed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Need {
     /// The area the need is in (its events' partition, fixed for its life).
     pub partition: PartitionCode,
@@ -38,7 +40,7 @@ pub struct Need {
     pub status: NeedStatus,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Offer {
     pub id: EntityId,
     /// Slot of the provider in [`State::providers`].
@@ -56,7 +58,7 @@ impl Offer {
 }
 
 /// A volunteer or organisation, with what the rules need to know about them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProviderState {
     pub id: ProviderKey,
     /// Pending and accepted assignments.
@@ -74,13 +76,13 @@ impl ProviderState {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AssignmentStatus {
     Pending { proposed_at: Timestamp },
     Accepted,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Assignment {
     pub need: EntityId,
     pub offer: EntityId,
@@ -95,7 +97,7 @@ type ClassKey = (Category, u8);
 type Cell = (i32, i32);
 
 /// Offer slots by class and grid cell.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct SpatialIndex {
     cells: BTreeMap<(ClassKey, Cell), BTreeSet<u32>>,
     placed: BTreeMap<u32, Vec<(ClassKey, Cell)>>,
@@ -167,7 +169,7 @@ impl SpatialIndex {
 }
 
 /// Everything the matcher knows, as of `through_seq`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
     pub policy: PolicyV1,
     pub policy_version: u32,

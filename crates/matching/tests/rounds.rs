@@ -752,6 +752,14 @@ mod properties {
                 Step::Round => {
                     let r = round(&s.state);
                     check_round(&s.state, &r);
+                    // A snapshot of the state decides exactly as the state itself.
+                    let bytes = postcard::to_stdvec(&s.state).expect("snapshot");
+                    let restored: State = postcard::from_bytes(&bytes).expect("restore");
+                    assert_eq!(
+                        round(&restored),
+                        r,
+                        "a restored state decides the same round"
+                    );
                     assert_eq!(
                         r.total_score,
                         exhaustive_optimum(&s.state),

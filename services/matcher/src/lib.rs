@@ -4,6 +4,8 @@
 //! - [`service`]: folds the log per incident with the pure engine (`muster-matching`), catches up
 //!   on history without inventing rounds for the past, then cuts live rounds and appends them.
 //! - [`audit`]: replays the log through the engine and checks every recorded round.
+//! - [`snapshot`]: the state in RocksDB with the position it reflects, so a restart resumes
+//!   rather than refolding the log from the start.
 //!
 //! A round cut at sequence S is appended as its decisions followed by its `RoundRecorded`
 //! record, with message ids derived from the incident and S, and the record guarded by its own
@@ -14,6 +16,7 @@
 
 pub mod audit;
 pub mod service;
+pub mod snapshot;
 
 pub use service::{Config, run};
 
@@ -26,6 +29,10 @@ pub enum MatcherError {
     Consumer(#[from] muster_log::consumer::ConsumerError),
     #[error("reading the log's state: {0}")]
     Info(String),
+    #[error(transparent)]
+    Store(#[from] muster_store::StoreError),
+    #[error("snapshot: {0}")]
+    Snapshot(String),
     #[error("appending round {through_seq} of {incident}: {source}")]
     Append {
         incident: String,

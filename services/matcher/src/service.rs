@@ -5,9 +5,10 @@
 //! incident is cut when something new has happened to it and either the matcher has caught up
 //! with the log or the policy's count of events per round has been reached.
 //!
-//! The state lives in memory and is rebuilt from the log at every start (snapshots come with
-//! RocksDB); the consumer is therefore an ordered one from sequence 1, not a durable one whose
-//! acknowledged position would be meaningless without the state that goes with it.
+//! The state lives in memory and is snapshotted to RocksDB (with the position it reflects) every
+//! `snapshot_every` events and at shutdown; a restart resumes from the snapshot's position + 1.
+//! The position is the snapshot's, so the consumer is an ordered one from there, not a durable
+//! one whose server-side position could disagree with the state saved next to it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ use muster_matching::{State, round};
 use muster_schema::{AgencyId, ENVELOPE_VERSION, EntityId, Envelope, Event, IncidentId, subject};
 
 use crate::MatcherError;
+use crate::snapshot::{IncidentRef, Snapshots};
 
 /// The matcher's settings.
 #[derive(Debug, Clone)]
@@ -29,6 +31,10 @@ pub struct Config {
     /// An incident with pending assignments and no new events for this long gets a tick, so
     /// log time (which decides expiry) moves on.
     pub tick_every: Duration,
+    /// Where snapshots are kept (`None`: none; the state is rebuilt from the log at each start).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Events folded between snapshots.
+    pub snapshot_every: u64,
 }
 
 impl Config {
@@ -38,6 +44,8 @@ impl Config {
             log: LogConfig::default(),
             appender: AppenderConfig::default(),
             tick_every: Duration::from_secs(30),
+            data_dir: None,
+            snapshot_every: 50_000,
         }
     }
 }
@@ -108,14 +116,54 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         crate::open_log(&config.nats_url, "muster-matcher", &config.log).await?;
     let history_ends = crate::last_sequence(&mut stream).await?;
     let (appender, appender_task) = Appender::start(client.clone(), config.appender.clone());
-    let mut consumer = LogConsumer::ordered(&stream, vec![subject::all()], 1).await?;
+    let snapshots = match &config.data_dir {
+        Some(dir) => Some(Snapshots::open(dir.clone()).await?),
+        None => None,
+    };
     let mut incidents: BTreeMap<IncidentId, Incident> = BTreeMap::new();
+    let mut folded = 0u64;
+    if let Some(snapshots) = &snapshots
+        && let Some((through_seq, restored)) = snapshots.load().await?
+    {
+        for (id, s) in restored {
+            incidents.insert(
+                id.clone(),
+                Incident {
+                    id,
+                    state: s.state,
+                    stood_down: s.stood_down,
+                    last_input: s.last_input,
+                    last_round: s.last_round,
+                    since_cut: 0,
+                    awaiting: None,
+                    last_heard: std::time::Instant::now(),
+                },
+            );
+        }
+        folded = through_seq;
+        tracing::info!(
+            through_seq,
+            incidents = incidents.len(),
+            "matcher resumed from its snapshot"
+        );
+    }
+    let mut consumer = LogConsumer::ordered(&stream, vec![subject::all()], folded + 1).await?;
     let mut set_aside = 0u64;
-    tracing::info!(history_ends, "matcher folding the log");
+    let mut since_snapshot = 0u64;
+    tracing::info!(from = folded + 1, history_ends, "matcher folding the log");
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(config.tick_every.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut live = history_ends == 0;
+    // Live from the start when there is no history left to fold (an empty log, or a snapshot
+    // that is already at its end): then cut what the snapshot left undecided right away.
+    let mut live = history_ends <= folded;
+    if live {
+        for inc in incidents.values_mut() {
+            if inc.dirty() && !inc.stood_down {
+                cut(inc, &appender).await?;
+            }
+        }
+    }
     let result = loop {
         let delivered = tokio::select! {
             () = &mut shutdown => break Ok(()),
@@ -130,6 +178,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let Some(delivered) = delivered else {
             break Ok(());
         };
+        if let Ok(d) = &delivered {
+            folded = d.seq;
+            since_snapshot += 1;
+        }
         let d = match delivered {
             Ok(d) => d,
             Err(e) => {
@@ -202,11 +254,49 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         if let Some(e) = failure {
             break Err(e);
         }
+        if since_snapshot >= config.snapshot_every
+            && let Some(snapshots) = &snapshots
+        {
+            if let Err(e) = save(snapshots, folded, &incidents).await {
+                break Err(e);
+            }
+            since_snapshot = 0;
+        }
+    };
+    // A clean stop leaves a snapshot of everything folded.
+    let result = match (result, &snapshots) {
+        (Ok(()), Some(snapshots)) if since_snapshot > 0 => {
+            save(snapshots, folded, &incidents).await
+        }
+        (r, _) => r,
     };
     drop(appender);
     let _ = appender_task.await;
     let _ = client.flush().await;
     result
+}
+
+/// Snapshots every incident as folded through `folded`.
+async fn save(
+    snapshots: &Snapshots,
+    folded: u64,
+    incidents: &BTreeMap<IncidentId, Incident>,
+) -> Result<(), MatcherError> {
+    let encoded = incidents
+        .values()
+        .map(|i| {
+            let r = IncidentRef {
+                state: &i.state,
+                stood_down: i.stood_down,
+                last_input: i.last_input,
+                last_round: i.last_round,
+            };
+            crate::snapshot::encode(&r).map(|bytes| (i.id.clone(), bytes))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    snapshots.save(folded, encoded).await?;
+    tracing::debug!(through_seq = folded, "matcher snapshot written");
+    Ok(())
 }
 
 /// Appends a tick to `inc` at the wall clock's time: an input like any other, so rounds after

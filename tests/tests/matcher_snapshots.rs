@@ -1,0 +1,229 @@
+//! The matcher resumes from its RocksDB snapshot and decides as if it had never stopped; an
+//! unreadable snapshot is rebuilt from the log.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use muster_proto::v1 as pb;
+use muster_schema::Event;
+use muster_tests::{Intake, Nats, read_all};
+
+fn req<T>(body: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(body);
+    r.metadata_mut()
+        .insert("x-muster-agency", "thirsk-council".parse().expect("ascii"));
+    r
+}
+
+fn ts(s: i64) -> Option<prost_types::Timestamp> {
+    Some(prost_types::Timestamp {
+        seconds: s,
+        nanos: 0,
+    })
+}
+
+fn day() -> pb::TimeWindow {
+    pb::TimeWindow {
+        start: ts(1_800_000_000),
+        end: ts(1_800_086_400),
+    }
+}
+
+fn at() -> Option<pb::Location> {
+    Some(pb::Location {
+        lat: 54.23,
+        lon: -1.34,
+    })
+}
+
+async fn bulk(
+    c: &mut muster_proto::v1::intake_client::IntakeClient<tonic::transport::Channel>,
+    key: &str,
+    items: Vec<pb::bulk_item::Command>,
+) {
+    let items = items
+        .into_iter()
+        .map(|command| pb::BulkItem {
+            command: Some(command),
+        })
+        .collect();
+    c.submit_bulk(req(pb::SubmitBulkRequest {
+        idempotency_key: key.into(),
+        incident: "thirsk".into(),
+        items,
+    }))
+    .await
+    .expect("bulk");
+}
+
+fn offers(from: usize, n: usize) -> Vec<pb::bulk_item::Command> {
+    (from..from + n)
+        .map(|i| {
+            pb::bulk_item::Command::RegisterOffer(pb::RegisterOfferRequest {
+                idempotency_key: String::new(),
+                incident: String::new(),
+                partition: "E07000164".into(),
+                reference: format!("o{i}"),
+                provider: Some(pb::Provider {
+                    kind: pb::ProviderKind::Volunteer as i32,
+                    id: format!("vol-{i}"),
+                }),
+                offer: Some(pb::OfferSpec {
+                    kinds: vec![pb::Category::Food as i32],
+                    skills: vec![],
+                    capacity: 1,
+                    location: at(),
+                    travel_radius_m: 5_000,
+                    availability: vec![day()],
+                }),
+                personal: None,
+            })
+        })
+        .collect()
+}
+
+fn needs(from: usize, n: usize) -> Vec<pb::bulk_item::Command> {
+    (from..from + n)
+        .map(|i| {
+            pb::bulk_item::Command::ReportNeed(pb::ReportNeedRequest {
+                idempotency_key: String::new(),
+                incident: String::new(),
+                partition: "E07000164".into(),
+                reference: format!("n{i}"),
+                need: Some(pb::NeedSpec {
+                    category: pb::Category::Food as i32,
+                    urgency: (i % 5) as u32 + 1,
+                    party_size: 1,
+                    window: Some(day()),
+                    location: at(),
+                    required_skills: vec![],
+                    required_verifications: vec![],
+                    vulnerable: false,
+                }),
+                personal: None,
+            })
+        })
+        .collect()
+}
+
+/// Runs the matcher until the log has been quiet for a second, then stops it cleanly.
+async fn run_matcher_until_quiet(nats: &Nats, dir: &std::path::Path) {
+    let mut config = muster_matcher::Config::new(nats.url());
+    config.data_dir = Some(dir.to_path_buf());
+    config.snapshot_every = 7;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(muster_matcher::run(config, async {
+        let _ = stopped.await;
+    }));
+    let (_, stream) = nats.log().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut len = read_all(&stream).await.len();
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(1) {
+        assert!(Instant::now() < deadline, "the log never went quiet");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = read_all(&stream).await.len();
+        if now != len {
+            len = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let _ = stop.send(());
+    task.await
+        .expect("matcher task")
+        .expect("matcher stopped cleanly");
+}
+
+async fn check(nats: &Nats) -> usize {
+    let (_, stream) = nats.log().await;
+    let log = read_all(&stream).await;
+    let mut assigned = BTreeSet::new();
+    for (_, _, e) in &log {
+        if let Event::AssignmentProposedV1(p) = &e.event {
+            assert!(assigned.insert(p.need), "need {} assigned twice", p.need);
+        }
+    }
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None);
+    assigned.len()
+}
+
+type Client = muster_proto::v1::intake_client::IntakeClient<tonic::transport::Channel>;
+
+/// A nats-server, intake, and the incident declared.
+async fn setup() -> (Nats, Intake, Client) {
+    let nats = Nats::start().await;
+    let intake = Intake::start(&nats.url()).await;
+    let mut c = intake.client().await;
+    c.declare_incident(req(pb::DeclareIncidentRequest {
+        idempotency_key: "d".into(),
+        incident: "thirsk".into(),
+        name: "Thirsk".into(),
+        partitions: vec![],
+        categories: vec![],
+        policy: None,
+    }))
+    .await
+    .expect("declare");
+    (nats, intake, c)
+}
+
+#[tokio::test]
+async fn the_matcher_resumes_from_its_snapshot() {
+    let (nats, _intake, mut c) = setup().await;
+    bulk(&mut c, "offers", offers(0, 20)).await;
+    bulk(&mut c, "needs-1", needs(0, 8)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    run_matcher_until_quiet(&nats, dir.path()).await;
+    let (_, mut stream) = nats.log().await;
+    let end = stream.info().await.expect("info").state.last_sequence;
+    let first = muster_matcher::snapshot::position(dir.path())
+        .await
+        .expect("snapshot")
+        .expect("a snapshot");
+    assert_eq!(first, end, "a clean stop snapshots everything folded");
+    assert_eq!(check(&nats).await, 8);
+
+    // While it is stopped, more needs arrive; it resumes from the snapshot and matches them.
+    bulk(&mut c, "needs-2", needs(8, 8)).await;
+    run_matcher_until_quiet(&nats, dir.path()).await;
+    let second = muster_matcher::snapshot::position(dir.path())
+        .await
+        .expect("snapshot")
+        .expect("a snapshot");
+    assert!(second > first);
+    assert_eq!(
+        check(&nats).await,
+        16,
+        "every need matched once across the restart"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_snapshot_is_rebuilt_from_the_log() {
+    let (nats, _intake, mut c) = setup().await;
+    bulk(&mut c, "offers", offers(0, 10)).await;
+    bulk(&mut c, "needs", needs(0, 5)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = muster_store::Store::open(dir.path()).expect("open");
+        store
+            .write([muster_store::Change::Put(
+                b"matcher/meta".to_vec(),
+                b"not a snapshot".to_vec(),
+            )])
+            .expect("corrupt");
+    }
+    run_matcher_until_quiet(&nats, dir.path()).await;
+    assert_eq!(check(&nats).await, 5, "rebuilt from the log and matched");
+    assert!(
+        muster_matcher::snapshot::position(dir.path())
+            .await
+            .expect("read")
+            .is_some(),
+        "a fresh snapshot replaced it"
+    );
+}
