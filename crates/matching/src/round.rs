@@ -78,6 +78,38 @@ struct Candidate {
     score: Score,
 }
 
+/// The rules' verdict on one offer for one need: its distance and score, the rule it breaks, or
+/// `None` for a withdrawn offer. The one place a candidate is judged.
+fn judge(
+    state: &State,
+    need_id: &EntityId,
+    need: &crate::state::Need,
+    slot: u32,
+    waited_us: i64,
+) -> Option<Result<(u32, Score), rules::Ineligible>> {
+    let offer = &state.offers[slot as usize];
+    if offer.withdrawn {
+        return None;
+    }
+    let provider = &state.providers[offer.provider as usize];
+    let ctx = PairContext {
+        now: state.now,
+        remaining_capacity: offer.remaining(),
+        provider_load: provider.load,
+        declined: state.declined_slot(need_id, offer.provider),
+    };
+    let policy = &state.policy;
+    let spec = &need.spec;
+    Some(
+        rules::eligible(spec, &offer.spec, provider.held(), &ctx, policy).map(|d| {
+            (
+                d,
+                rules::score(spec.urgency.get(), waited_us, d, provider.tasks, policy),
+            )
+        }),
+    )
+}
+
 /// Every offer the index yields for `need`, in slot order, with the rules' verdict: the distance
 /// and score of an eligible pair, or the rule it breaks. The one place candidates are judged:
 /// rounds use the eligible ones, audit exports show them all.
@@ -102,24 +134,9 @@ pub fn evaluate(
         &spec.location,
         policy.max_radius_m,
     ) {
-        let offer = &state.offers[slot as usize];
-        if offer.withdrawn {
-            continue;
+        if let Some(outcome) = judge(state, need_id, need, slot, waited) {
+            visit(slot, outcome);
         }
-        let provider = &state.providers[offer.provider as usize];
-        let ctx = PairContext {
-            now: state.now,
-            remaining_capacity: offer.remaining(),
-            provider_load: provider.load,
-            declined: state.declined_slot(need_id, offer.provider),
-        };
-        let outcome = rules::eligible(spec, &offer.spec, provider.held(), &ctx, policy).map(|d| {
-            (
-                d,
-                rules::score(spec.urgency.get(), waited, d, provider.tasks, policy),
-            )
-        });
-        visit(slot, outcome);
     }
 }
 
@@ -167,28 +184,10 @@ fn best_providers(
             .index
             .in_cell(spec.category, min_level, cell, &mut slots);
         for &slot in &slots {
+            let Some(Ok((distance_m, score))) = judge(state, need_id, need, slot, waited) else {
+                continue;
+            };
             let offer = &state.offers[slot as usize];
-            if offer.withdrawn {
-                continue;
-            }
-            let provider = &state.providers[offer.provider as usize];
-            let ctx = PairContext {
-                now: state.now,
-                remaining_capacity: offer.remaining(),
-                provider_load: provider.load,
-                declined: state.declined_slot(need_id, offer.provider),
-            };
-            let Ok(distance_m) = rules::eligible(spec, &offer.spec, provider.held(), &ctx, policy)
-            else {
-                continue;
-            };
-            let score = rules::score(
-                spec.urgency.get(),
-                waited,
-                distance_m,
-                provider.tasks,
-                policy,
-            );
             let candidate = Candidate {
                 offer: offer.id,
                 distance_m,
