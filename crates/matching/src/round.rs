@@ -121,13 +121,8 @@ pub fn evaluate(
 ) {
     let policy = &state.policy;
     let spec = &need.spec;
-    let min_level = spec
-        .required_verifications
-        .iter()
-        .map(rules::criminal_record_level)
-        .max()
-        .unwrap_or(0);
-    let waited = state.now.micros() - need.reported_at.micros();
+    let min_level = need.required_level();
+    let waited = need.waited_us(state.now);
     for slot in state.index.candidates(
         spec.category,
         min_level,
@@ -154,13 +149,8 @@ fn best_providers(
 ) -> BTreeMap<u32, Candidate> {
     let policy = &state.policy;
     let spec = &need.spec;
-    let min_level = spec
-        .required_verifications
-        .iter()
-        .map(rules::criminal_record_level)
-        .max()
-        .unwrap_or(0);
-    let waited = state.now.micros() - need.reported_at.micros();
+    let min_level = need.required_level();
+    let waited = need.waited_us(state.now);
     let reach = policy.max_radius_m.min(state.index.max_radius_m());
     let mut cells: Vec<(u32, (i32, i32))> = geo::cells_within(&spec.location, reach)
         .map(|c| (geo::min_distance_to_cell_m(&spec.location, c), c))

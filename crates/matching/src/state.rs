@@ -40,6 +40,23 @@ pub struct Need {
     pub status: NeedStatus,
 }
 
+impl Need {
+    /// The criminal-record level its required verifications call for (0: none).
+    pub fn required_level(&self) -> u8 {
+        self.spec
+            .required_verifications
+            .iter()
+            .map(rules::criminal_record_level)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How long it has waited at log time `now`, in microseconds.
+    pub fn waited_us(&self, now: Timestamp) -> i64 {
+        now.micros() - self.reported_at.micros()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Offer {
     pub id: EntityId,
