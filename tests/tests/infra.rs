@@ -7,7 +7,10 @@ fn every_infra_config_is_valid_for_the_pinned_nats_server() {
     let bin = std::env::var_os("MUSTER_NATS_SERVER")
         .map(PathBuf::from)
         .unwrap_or_else(muster_natsd::default_binary);
-    let infra = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra");
+    let infra = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("../infra");
     let configs = [
         "nats-single.conf",
         "cluster/nats-1.conf",

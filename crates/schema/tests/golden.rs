@@ -313,7 +313,7 @@ fn samples() -> Vec<(&'static str, Envelope)> {
 }
 
 fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
         .join("tests/golden")
         .join(format!("{name}.hex"))
 }
