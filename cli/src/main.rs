@@ -4,8 +4,11 @@
 //! - `muster up`: everything in one process against a nats-server it supervises as a child.
 //! - `muster intake`: the intake service alone, against an external nats-server or cluster.
 //! - `muster matcher`: the matcher alone.
-//! - `muster audit verify`: replay the log and check every recorded round.
+//! - `muster projections`: the read models and the Query service alone (or a read-only snapshot).
+//! - `muster replay rebuild|as-of`: rebuild the read models, or build them as of a point.
+//! - `muster audit verify|export-round`: replay the log and check every recorded round.
 
+mod projections;
 mod telemetry;
 mod up;
 
@@ -32,6 +35,11 @@ enum Command {
     Intake(IntakeArgs),
     /// Run the matcher alone against an external NATS server or cluster.
     Matcher(MatcherArgs),
+    /// Run the projections (read models and the Query gRPC service) alone.
+    Projections(projections::ProjectionsArgs),
+    /// Rebuild the read models from the log, or build them as of a sequence or a log time.
+    #[command(subcommand)]
+    Replay(projections::ReplayCommand),
     /// Check the log: replay it through the matcher's engine.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -243,6 +251,8 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::from)
             }
+            Command::Projections(args) => projections::run(args).await,
+            Command::Replay(command) => projections::replay(command).await,
             Command::Audit(AuditCommand::Verify { nats_url, log }) => {
                 audit_verify(&nats_url, &log).await
             }

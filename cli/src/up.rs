@@ -1,6 +1,7 @@
 //! `muster up`: Muster on one machine.
 //!
-//! Starts (or connects to) NATS, runs the matcher, and serves every gRPC service on one address
+//! Starts (or connects to) NATS, runs the matcher and the projections (read models in
+//! `DATA_DIR/projections`), and serves every gRPC service on one address
 //! with health and reflection. The embedded nats-server runs as a supervised child: if it dies it is restarted on
 //! the same port and store (clients reconnect by themselves); on Ctrl-C the gRPC server stops
 //! taking requests, in-flight requests drain, then nats-server is stopped cleanly.
@@ -66,22 +67,34 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let intake = muster_intake::Intake::connect(&args.log.intake_config(&nats_url)).await?;
-    let (reporter, health, reflection) = muster_intake::health_and_reflection();
+    let (stop_projections, projections_stopped) = oneshot::channel::<()>();
+    let (projections, projections_task) = muster_projections::start(
+        args.log
+            .projections_config(&nats_url, args.data_dir.join("projections")),
+        async {
+            let _ = projections_stopped.await;
+        },
+    )
+    .await
+    .context("starting the projections")?;
+    let (reporter, health, reflection) = muster_proto::health_and_reflection();
     reporter
         .set_serving::<IntakeServer<muster_intake::IntakeService>>()
         .await;
+    reporter
+        .set_serving::<muster_proto::v1::query_server::QueryServer<muster_projections::QueryService>>()
+        .await;
     println!(
-        "muster is up: gRPC on {addr} (health, reflection, muster.v1.Intake); log on {nats_url}"
+        "muster is up: gRPC on {addr} (health, reflection, muster.v1.Intake, muster.v1.Query); log on {nats_url}"
     );
     println!("  try: grpcurl -plaintext {addr} list");
 
     let (stop_matcher, matcher_stopped) = oneshot::channel::<()>();
-    let matcher = tokio::spawn(muster_matcher::run(
-        args.log.matcher_config(&nats_url),
-        async {
-            let _ = matcher_stopped.await;
-        },
-    ));
+    let mut matcher_config = args.log.matcher_config(&nats_url);
+    matcher_config.data_dir = Some(args.data_dir.join("matcher"));
+    let matcher = tokio::spawn(muster_matcher::run(matcher_config, async {
+        let _ = matcher_stopped.await;
+    }));
     let (nats_died_tx, nats_died) = oneshot::channel::<()>();
     let shutdown = async {
         tokio::select! {
@@ -93,6 +106,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .add_service(health)
         .add_service(reflection)
         .add_service(IntakeServer::new(intake.service.clone()))
+        .add_service(projections.query_server())
         .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
         .await;
     intake.drain().await;
@@ -101,6 +115,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "matcher stopped with an error"),
         Err(e) => tracing::error!(error = %e, "matcher task failed"),
+    }
+    let _ = stop_projections.send(());
+    match projections_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "projections stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "projections task failed"),
     }
     drop(nats_died_tx);
     if let Some((stop, task)) = supervisor {

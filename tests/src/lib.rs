@@ -5,6 +5,8 @@
 //! restart the server on the same port and store. [`Intake`] serves the intake service over real
 //! TCP on `127.0.0.1:0` with a shutdown path. Nothing here is a mock.
 
+pub mod workload;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -144,6 +146,113 @@ impl Drop for Intake {
 pub async fn read_all(
     stream: &async_nats::jetstream::stream::Stream,
 ) -> Vec<(u64, String, muster_schema::Envelope)> {
+    read_raw(stream)
+        .await
+        .into_iter()
+        .map(|(seq, subject, env)| (seq, subject, env.expect("every stored event decodes")))
+        .collect()
+}
+
+/// The projections service (fold + Query over gRPC) on a real TCP port, stopped on drop.
+#[derive(Debug)]
+pub struct Projections {
+    pub addr: SocketAddr,
+    pub projections: muster_projections::Projections,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Projections {
+    /// Starts folding the log of `nats_url` into `dir` and serving queries.
+    pub async fn start(nats_url: &str, dir: &std::path::Path) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_fold, fold_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (projections, fold) =
+            muster_projections::start(muster_projections::Config::new(nats_url, dir), async {
+                let _ = fold_stopped.await;
+            })
+            .await
+            .expect("start projections");
+        let served = projections.clone();
+        let task = tokio::spawn(async move {
+            muster_projections::serve(served, listener, async {
+                let _ = stopped.await;
+            })
+            .await?;
+            let _ = stop_fold.send(());
+            fold.await??;
+            Ok(())
+        });
+        Self {
+            addr,
+            projections,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub async fn client(&self) -> muster_proto::v1::query_client::QueryClient<Channel> {
+        for _ in 0..100 {
+            if let Ok(ch) = Channel::from_shared(format!("http://{}", self.addr))
+                .expect("uri")
+                .connect()
+                .await
+            {
+                return muster_proto::v1::query_client::QueryClient::new(ch);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("projections not reachable at {}", self.addr);
+    }
+
+    /// Waits until the projection has applied `seq`.
+    pub async fn wait_for(&self, seq: u64) {
+        let mut applied = self.projections.applied_watch();
+        tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|p| *p >= seq))
+            .await
+            .expect("projection caught up within 30 s")
+            .expect("projection running");
+    }
+
+    /// Stops serving and folding, and waits for both.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Projections {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The last sequence of the log.
+pub async fn last_seq(stream: &async_nats::jetstream::stream::Stream) -> u64 {
+    let mut s = stream.clone();
+    s.info().await.expect("stream info").state.last_sequence
+}
+
+/// Every message of the log as the projections see it: sequence, subject, and the decoded
+/// envelope or why it does not decode.
+pub async fn read_raw(
+    stream: &async_nats::jetstream::stream::Stream,
+) -> Vec<(
+    u64,
+    String,
+    Result<muster_schema::Envelope, muster_schema::DecodeError>,
+)> {
     let reader = muster_log::LogReader::new(stream.clone());
     let mut out = Vec::new();
     let mut from = 1;
@@ -152,9 +261,24 @@ pub async fn read_all(
         .await
         .expect("read the log")
     {
-        let env = muster_schema::Envelope::decode(&m.payload).expect("every stored event decodes");
         from = m.seq + 1;
-        out.push((m.seq, m.subject, env));
+        out.push((
+            m.seq,
+            m.subject,
+            muster_schema::Envelope::decode(&m.payload),
+        ));
     }
     out
+}
+
+/// The read model an independent, in-memory fold of the whole log builds, and its checksum.
+pub async fn independent_fold(
+    stream: &async_nats::jetstream::stream::Stream,
+) -> muster_readmodel::MemStore {
+    let log = read_raw(stream).await;
+    let mut store = muster_readmodel::MemStore::default();
+    store
+        .fold_all(log.iter().map(|(s, sub, e)| (*s, sub.as_str(), e)))
+        .expect("fold the log in memory");
+    store
 }

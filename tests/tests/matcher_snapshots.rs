@@ -6,104 +6,15 @@ use std::time::{Duration, Instant};
 
 use muster_proto::v1 as pb;
 use muster_schema::Event;
+use muster_tests::workload::{self, needs, offers, req};
 use muster_tests::{Intake, Nats, read_all};
-
-fn req<T>(body: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(body);
-    r.metadata_mut()
-        .insert("x-muster-agency", "thirsk-council".parse().expect("ascii"));
-    r
-}
-
-fn ts(s: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: s,
-        nanos: 0,
-    })
-}
-
-fn day() -> pb::TimeWindow {
-    pb::TimeWindow {
-        start: ts(1_800_000_000),
-        end: ts(1_800_086_400),
-    }
-}
-
-fn at() -> Option<pb::Location> {
-    Some(pb::Location {
-        lat: 54.23,
-        lon: -1.34,
-    })
-}
 
 async fn bulk(
     c: &mut muster_proto::v1::intake_client::IntakeClient<tonic::transport::Channel>,
     key: &str,
     items: Vec<pb::bulk_item::Command>,
 ) {
-    let items = items
-        .into_iter()
-        .map(|command| pb::BulkItem {
-            command: Some(command),
-        })
-        .collect();
-    c.submit_bulk(req(pb::SubmitBulkRequest {
-        idempotency_key: key.into(),
-        incident: "thirsk".into(),
-        items,
-    }))
-    .await
-    .expect("bulk");
-}
-
-fn offers(from: usize, n: usize) -> Vec<pb::bulk_item::Command> {
-    (from..from + n)
-        .map(|i| {
-            pb::bulk_item::Command::RegisterOffer(pb::RegisterOfferRequest {
-                idempotency_key: String::new(),
-                incident: String::new(),
-                partition: "E07000164".into(),
-                reference: format!("o{i}"),
-                provider: Some(pb::Provider {
-                    kind: pb::ProviderKind::Volunteer as i32,
-                    id: format!("vol-{i}"),
-                }),
-                offer: Some(pb::OfferSpec {
-                    kinds: vec![pb::Category::Food as i32],
-                    skills: vec![],
-                    capacity: 1,
-                    location: at(),
-                    travel_radius_m: 5_000,
-                    availability: vec![day()],
-                }),
-                personal: None,
-            })
-        })
-        .collect()
-}
-
-fn needs(from: usize, n: usize) -> Vec<pb::bulk_item::Command> {
-    (from..from + n)
-        .map(|i| {
-            pb::bulk_item::Command::ReportNeed(pb::ReportNeedRequest {
-                idempotency_key: String::new(),
-                incident: String::new(),
-                partition: "E07000164".into(),
-                reference: format!("n{i}"),
-                need: Some(pb::NeedSpec {
-                    category: pb::Category::Food as i32,
-                    urgency: (i % 5) as u32 + 1,
-                    party_size: 1,
-                    window: Some(day()),
-                    location: at(),
-                    required_skills: vec![],
-                    required_verifications: vec![],
-                    vulnerable: false,
-                }),
-                personal: None,
-            })
-        })
-        .collect()
+    workload::bulk(c, "thirsk", key, items).await;
 }
 
 /// Runs the matcher until the log has been quiet for a second, then stops it cleanly.

@@ -30,6 +30,13 @@ impl Delivered {
     pub async fn ack(self) -> Result<(), async_nats::Error> {
         self.message.double_ack().await
     }
+
+    /// Acknowledges this message and, on an acknowledge-all consumer, every one before it,
+    /// without waiting for the server's confirmation (a lost ack only means a redelivery, which
+    /// a reader that keeps its own position skips).
+    pub async fn ack_through(&self) -> Result<(), async_nats::Error> {
+        self.message.ack().await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,16 @@ pub enum ConsumerError {
     Create { name: String, reason: String },
     #[error("could not read from consumer: {0}")]
     Read(String),
+}
+
+fn start_at(from_seq: u64) -> jetstream::consumer::DeliverPolicy {
+    if from_seq <= 1 {
+        jetstream::consumer::DeliverPolicy::All
+    } else {
+        jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: from_seq,
+        }
+    }
 }
 
 type Messages = Pin<Box<dyn futures::Stream<Item = Result<jetstream::Message, String>> + Send>>;
@@ -92,6 +109,57 @@ impl LogConsumer {
         })
     }
 
+    /// A durable consumer named `name` that starts at `from_seq` whatever the server remembers:
+    /// for readers that keep their position next to their state (the projections). An existing
+    /// consumer of that name is replaced. Acknowledging a message acknowledges every one before
+    /// it ([`Delivered::ack_through`]); the consumer is removed by the server after
+    /// `inactive_threshold` without a reader.
+    pub async fn durable_from(
+        stream: &Stream,
+        name: &str,
+        filters: Vec<String>,
+        from_seq: u64,
+        ack_wait: std::time::Duration,
+        inactive_threshold: std::time::Duration,
+    ) -> Result<Self, ConsumerError> {
+        let create = |reason: String| ConsumerError::Create {
+            name: name.to_string(),
+            reason,
+        };
+        match stream.delete_consumer(name).await {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    async_nats::jetstream::stream::ConsumerErrorKind::JetStream(j)
+                        if j.error_code() == async_nats::jetstream::ErrorCode::CONSUMER_NOT_FOUND
+                ) => {}
+            Err(e) => return Err(create(format!("removing the old consumer: {e}"))),
+        }
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.to_string()),
+                filter_subjects: filters,
+                ack_policy: jetstream::consumer::AckPolicy::All,
+                deliver_policy: start_at(from_seq),
+                max_ack_pending: 50_000,
+                ack_wait,
+                inactive_threshold,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| create(e.to_string()))?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(2_000)
+            .messages()
+            .await
+            .map_err(|e| create(e.to_string()))?;
+        Ok(Self {
+            messages: Box::pin(messages.map(|r| r.map_err(|e| e.to_string()))),
+        })
+    }
+
     /// An ordered consumer over `filters` from stream sequence `from_seq` (1: the beginning).
     pub async fn ordered(
         stream: &Stream,
@@ -102,13 +170,7 @@ impl LogConsumer {
             name: "ordered".to_string(),
             reason,
         };
-        let deliver_policy = if from_seq <= 1 {
-            jetstream::consumer::DeliverPolicy::All
-        } else {
-            jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from_seq,
-            }
-        };
+        let deliver_policy = start_at(from_seq);
         let consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subjects: filters,

@@ -12,3 +12,21 @@ pub mod v1 {
 /// The encoded descriptor set of every Muster proto file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/muster_descriptor.bin"));
+
+/// The standard gRPC health service and reflection over every Muster service, for `grpcurl` and
+/// load balancers: what every Muster gRPC server serves besides its own services.
+pub fn health_and_reflection() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("Muster's own descriptor set is valid");
+    (reporter, health, reflection)
+}

@@ -11,14 +11,24 @@ use std::path::Path;
 #[derive(Debug)]
 pub struct Store {
     db: rocksdb::DB,
+    read_only: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("rocksdb at {path}: {source}")]
-pub struct StoreError {
-    path: String,
-    source: rocksdb::Error,
+pub enum StoreError {
+    #[error("rocksdb at {path}: {source}")]
+    Rocks {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("rocksdb at {path} has no column family {name}")]
+    NoColumnFamily { path: String, name: String },
+    #[error("rocksdb at {path} is open read-only")]
+    ReadOnly { path: String },
 }
+
+/// Keys and their values, in key order.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// One change in an atomic write.
 #[derive(Debug, Clone)]
@@ -27,28 +37,91 @@ pub enum Change {
     Delete(Vec<u8>),
 }
 
+fn options() -> rocksdb::Options {
+    let mut options = rocksdb::Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options
+}
+
 impl Store {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens (creating if needed) the database at `path` with only the default column family.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut options = rocksdb::Options::default();
-        options.create_if_missing(true);
-        options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let db = rocksdb::DB::open(&options, path).map_err(|source| StoreError {
+        Self::open_cfs(path, &[])
+    }
+
+    /// Opens (creating if needed) the database at `path` with these column families besides
+    /// the default one.
+    pub fn open_cfs(path: &Path, cfs: &[&str]) -> Result<Self, StoreError> {
+        let db =
+            rocksdb::DB::open_cf(&options(), path, cfs).map_err(|source| StoreError::Rocks {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Self {
+            db,
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing database for reading only (several readers may share it; a writer
+    /// may not be running on it).
+    pub fn open_read_only(path: &Path, cfs: &[&str]) -> Result<Self, StoreError> {
+        let mut options = options();
+        options.create_if_missing(false);
+        let db =
+            rocksdb::DB::open_cf_for_read_only(&options, path, cfs, false).map_err(|source| {
+                StoreError::Rocks {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        Ok(Self {
+            db,
+            read_only: true,
+        })
+    }
+
+    /// Deletes the database at `path` and everything in it.
+    pub fn destroy(path: &Path) -> Result<(), StoreError> {
+        rocksdb::DB::destroy(&options(), path).map_err(|source| StoreError::Rocks {
             path: path.display().to_string(),
             source,
-        })?;
-        Ok(Self { db })
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     fn err(&self, source: rocksdb::Error) -> StoreError {
-        StoreError {
+        StoreError::Rocks {
             path: self.db.path().display().to_string(),
             source,
         }
     }
 
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::NoColumnFamily {
+                path: self.db.path().display().to_string(),
+                name: name.to_string(),
+            })
+    }
+
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.db.get(key).map_err(|e| self.err(e))
+    }
+
+    pub fn get_cf(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let handle = self.cf(cf)?;
+        self.db.get_cf(handle, key).map_err(|e| self.err(e))
     }
 
     /// Applies `changes` atomically and durably (one synced `WriteBatch`).
@@ -60,13 +133,45 @@ impl Store {
                 Change::Delete(k) => batch.delete(k),
             }
         }
+        self.commit(batch, true)
+    }
+
+    /// Applies changes to named column families atomically (one `WriteBatch`), synced to disk
+    /// before returning when `sync` is set.
+    pub fn write_cf<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a str, Change)>,
+        sync: bool,
+    ) -> Result<(), StoreError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        for (cf, c) in changes {
+            let handle = self.cf(cf)?;
+            match c {
+                Change::Put(k, v) => batch.put_cf(handle, k, v),
+                Change::Delete(k) => batch.delete_cf(handle, k),
+            }
+        }
+        self.commit(batch, sync)
+    }
+
+    fn commit(&self, batch: rocksdb::WriteBatch, sync: bool) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.db.path().display().to_string(),
+            });
+        }
         let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
+        options.set_sync(sync);
         self.db.write_opt(batch, &options).map_err(|e| self.err(e))
     }
 
+    /// Flushes memtables and the write-ahead log to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|e| self.err(e))
+    }
+
     /// Every key and value whose key starts with `prefix`, in key order.
-    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Result<KeyValues, StoreError> {
         let mut out = Vec::new();
         for item in self.db.iterator(rocksdb::IteratorMode::From(
             prefix,
@@ -79,6 +184,29 @@ impl Store {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// Visits the keys of `cf` that start with `prefix`, in key order, from the first key at or
+    /// after `from` (which should itself start with `prefix`), until `visit` returns false.
+    pub fn scan_cf(
+        &self,
+        cf: &str,
+        prefix: &[u8],
+        from: &[u8],
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        let handle = self.cf(cf)?;
+        let start = if from < prefix { prefix } else { from };
+        for item in self.db.iterator_cf(
+            handle,
+            rocksdb::IteratorMode::From(start, rocksdb::Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            if !k.starts_with(prefix) || !visit(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -108,5 +236,47 @@ mod tests {
             store.scan_prefix(b"snap/").expect("scan"),
             vec![(b"snap/b".to_vec(), b"2".to_vec())]
         );
+    }
+}
+
+#[cfg(test)]
+mod cf_tests {
+    use super::*;
+
+    #[test]
+    fn column_families_are_written_together_and_scanned_by_prefix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open_cfs(dir.path(), &["a", "b"]).expect("open");
+            store
+                .write_cf(
+                    [
+                        ("a", Change::Put(b"x/1".to_vec(), b"1".to_vec())),
+                        ("a", Change::Put(b"x/2".to_vec(), b"2".to_vec())),
+                        ("a", Change::Put(b"y/1".to_vec(), b"3".to_vec())),
+                        ("b", Change::Put(b"x/1".to_vec(), b"4".to_vec())),
+                    ],
+                    true,
+                )
+                .expect("write");
+            assert!(matches!(
+                store.write_cf([("nope", Change::Delete(b"k".to_vec()))], true),
+                Err(StoreError::NoColumnFamily { .. })
+            ));
+        }
+        let store = Store::open_read_only(dir.path(), &["a", "b"]).expect("read-only");
+        let mut seen = Vec::new();
+        store
+            .scan_cf("a", b"x/", b"x/2", |k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .expect("scan");
+        assert_eq!(seen, vec![(b"x/2".to_vec(), b"2".to_vec())]);
+        assert_eq!(store.get_cf("b", b"x/1").expect("get"), Some(b"4".to_vec()));
+        assert!(matches!(
+            store.write_cf([("a", Change::Delete(b"x/1".to_vec()))], false),
+            Err(StoreError::ReadOnly { .. })
+        ));
     }
 }

@@ -98,22 +98,7 @@ pub enum ServeError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// The gRPC health and reflection services every Muster server exposes.
-pub fn health_and_reflection() -> (
-    tonic_health::server::HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-) {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(muster_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .expect("Muster's own descriptor set is valid");
-    (reporter, health, reflection)
-}
+pub use muster_proto::health_and_reflection;
 
 /// Serves intake alone on `listener` until `shutdown` resolves.
 pub async fn run(

@@ -1,0 +1,179 @@
+//! Pending changes over a readable store, and an in-memory store.
+//!
+//! The fold reads through a [`Tx`], which answers from the changes it already holds (earlier
+//! events of the same batch) before asking the store underneath. The service commits a
+//! transaction's changes in one `WriteBatch`; tests apply them to a [`MemStore`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::keys::Cf;
+use crate::{Corrupt, records};
+
+/// Point reads of a read-model store.
+pub trait Read {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Corrupt>;
+}
+
+/// Changes not yet committed, over a store.
+#[derive(Debug)]
+pub struct Tx<'a, R: Read + ?Sized> {
+    base: &'a R,
+    pending: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'a, R: Read + ?Sized> Tx<'a, R> {
+    pub fn new(base: &'a R) -> Self {
+        Self {
+            base,
+            pending: HashMap::new(),
+        }
+    }
+
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Corrupt> {
+        match self.pending.get(&(cf, key.to_vec())) {
+            Some(v) => Ok(v.clone()),
+            None => self.base.get(cf, key),
+        }
+    }
+
+    pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+        self.pending.insert((cf, key), Some(value));
+    }
+
+    pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.pending.insert((cf, key), None);
+    }
+
+    pub fn get_rec<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, Corrupt> {
+        match self.get(cf, key)? {
+            None => Ok(None),
+            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| Corrupt {
+                cf: cf.name(),
+                key: key.iter().map(|b| format!("{b:02x}")).collect(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    pub fn put_rec<T: Serialize>(&mut self, cf: Cf, key: Vec<u8>, value: &T) {
+        self.put(cf, key, records::encode(value));
+    }
+
+    pub fn get_u64(&self, cf: Cf, key: &[u8]) -> Result<u64, Corrupt> {
+        Ok(self.get_i64(cf, key)?.max(0) as u64)
+    }
+
+    pub fn get_i64(&self, cf: Cf, key: &[u8]) -> Result<i64, Corrupt> {
+        match self.get(cf, key)? {
+            None => Ok(0),
+            Some(b) => decode_i64(&b).ok_or_else(|| Corrupt {
+                cf: cf.name(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason: format!("a counter of {} bytes", b.len()),
+            }),
+        }
+    }
+
+    pub fn put_i64(&mut self, cf: Cf, key: Vec<u8>, v: i64) {
+        self.put(cf, key, v.to_be_bytes().to_vec());
+    }
+
+    /// Adds `delta` to a counter; a counter that reaches zero is removed.
+    pub fn add(&mut self, cf: Cf, key: Vec<u8>, delta: i64) -> Result<(), Corrupt> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let v = self.get_i64(cf, &key)? + delta;
+        if v == 0 {
+            self.delete(cf, key);
+        } else {
+            self.put_i64(cf, key, v);
+        }
+        Ok(())
+    }
+
+    /// How many keys this transaction changes.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The changes, to be committed together: `(cf, key, Some(value))` puts, `None` deletes.
+    pub fn into_changes(self) -> impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)> {
+        self.pending.into_iter().map(|((cf, k), v)| (cf, k, v))
+    }
+}
+
+pub fn decode_i64(b: &[u8]) -> Option<i64> {
+    let arr: [u8; 8] = b.try_into().ok()?;
+    Some(i64::from_be_bytes(arr))
+}
+
+/// A read model in memory: what tests fold the log into to compare with RocksDB.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemStore {
+    pub data: BTreeMap<(Cf, Vec<u8>), Vec<u8>>,
+}
+
+impl Read for MemStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Corrupt> {
+        Ok(self.data.get(&(cf, key.to_vec())).cloned())
+    }
+}
+
+impl MemStore {
+    pub fn commit(&mut self, changes: impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)>) {
+        for (cf, k, v) in changes {
+            match v {
+                Some(v) => {
+                    self.data.insert((cf, k), v);
+                }
+                None => {
+                    self.data.remove(&(cf, k));
+                }
+            }
+        }
+    }
+
+    /// Folds `events` one transaction each and commits them.
+    pub fn fold_all<'e>(
+        &mut self,
+        events: impl IntoIterator<
+            Item = (
+                u64,
+                &'e str,
+                &'e Result<muster_schema::Envelope, muster_schema::DecodeError>,
+            ),
+        >,
+    ) -> Result<(), Corrupt> {
+        for (seq, subject, env) in events {
+            let mut tx = Tx::new(&*self);
+            crate::fold::apply(&mut tx, seq, subject, env)?;
+            let changes: Vec<_> = tx.into_changes().collect();
+            self.commit(changes.into_iter());
+        }
+        Ok(())
+    }
+
+    pub fn checksum(&self) -> String {
+        crate::checksum(
+            self.data
+                .iter()
+                .map(|((cf, k), v)| (*cf, k.as_slice(), v.as_slice())),
+        )
+    }
+
+    /// Keys and values of one column family, in key order.
+    pub fn cf(&self, cf: Cf) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.data
+            .range((cf, Vec::new())..)
+            .take_while(move |((c, _), _)| *c == cf)
+            .map(|((_, k), v)| (k.as_slice(), v.as_slice()))
+    }
+}
