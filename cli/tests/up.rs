@@ -96,6 +96,20 @@ async fn up_serves_stops_cleanly_and_keeps_its_state() {
         .expect("declare")
         .into_inner();
     assert!(!declared.duplicate);
+    // The read models are served on the same address, read-your-writes.
+    let mut query = muster_proto::v1::query_client::QueryClient::connect(first.grpc.clone())
+        .await
+        .expect("connect query");
+    let dashboard = query
+        .get_dashboard(req(pb::GetDashboardRequest {
+            incident: "hull-floods".into(),
+            min_sequence: declared.sequence,
+            ..Default::default()
+        }))
+        .await
+        .expect("dashboard")
+        .into_inner();
+    assert_eq!(dashboard.name, "Hull floods");
     let nats_addr = first.nats.trim_start_matches("nats://").to_string();
     first.stop().await;
     // The supervised nats-server went down with it.
@@ -115,6 +129,18 @@ async fn up_serves_stops_cleanly_and_keeps_its_state() {
         .into_inner();
     assert!(again.duplicate, "the log survived the restart");
     assert_eq!(again.sequence, declared.sequence);
+    let mut query = muster_proto::v1::query_client::QueryClient::connect(second.grpc.clone())
+        .await
+        .expect("connect query");
+    let position = query
+        .get_position(req(pb::GetPositionRequest {}))
+        .await
+        .expect("position")
+        .into_inner();
+    assert_eq!(
+        position.applied_sequence, declared.sequence,
+        "the read models survived too"
+    );
     second.stop().await;
 }
 

@@ -193,7 +193,7 @@ async fn bench_stream(js: &async_nats::jetstream::Context, name: &str) -> anyhow
     Ok(())
 }
 
-fn need(key: &str, reference: &str) -> pb::ReportNeedRequest {
+pub(crate) fn need(key: &str, reference: &str) -> pb::ReportNeedRequest {
     let ts = |s| {
         Some(prost_types::Timestamp {
             seconds: s,

@@ -6,10 +6,13 @@
 //!   nats-server with `sync_interval: always`.
 //! - `matcher`: the matcher engine's exact rounds on generated surges against first-come greedy,
 //!   with the optimum certified independently.
+//! - `projections`: rebuild throughput against raw JetStream consume of the same log, and query
+//!   latency under concurrent readers while intake ingests.
 
 mod intake;
 mod matcher;
 mod pandemic;
+mod projections;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +33,8 @@ enum Command {
     Intake(intake::Args),
     /// The matcher engine's rounds on generated surges, against first-come greedy.
     Matcher(matcher::Args),
+    /// Projection rebuild throughput against raw consume, and query latency under ingest.
+    Projections(projections::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Intake(args) => intake::run(args).await,
             Command::Matcher(args) => matcher::run(args),
+            Command::Projections(args) => projections::run(args).await,
         }
     })
 }

@@ -25,7 +25,7 @@ fn person(i: u64) -> PersonId {
 }
 
 /// The surge's input events in log-time order (ties in generation order).
-fn inputs(scale: f64, seed: u64) -> Vec<(i64, Event)> {
+pub(crate) fn inputs(scale: f64, seed: u64) -> Vec<(i64, Event)> {
     let mut rng = Rng(seed);
     let needs = (50_000.0 * scale) as u64;
     let offers = (300_000.0 * scale) as u64;

@@ -494,7 +494,28 @@ async fn an_as_of_view_shows_the_past_and_serves_read_only() {
     let mut c = intake.client().await;
     let first = workload::bulk(&mut c, INCIDENT, "a", workload::needs(0, 10)).await;
     let cut = *first.last().expect("seq");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros() as i64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     workload::bulk(&mut c, INCIDENT, "b", workload::needs(10, 10)).await;
+
+    // As of a log time: everything recorded up to it, nothing after.
+    let by_time = muster_projections::replay::build(
+        &nats.url(),
+        &Default::default(),
+        &dir.path().join("as-of-time"),
+        muster_projections::replay::Until::Time(muster_schema::Timestamp(between)),
+        |_| {},
+    )
+    .await
+    .expect("as-of-time build");
+    assert_eq!(
+        by_time.position, cut,
+        "the picture as of the time between the two bulks"
+    );
 
     let past = dir.path().join("as-of");
     let report = muster_projections::replay::build(

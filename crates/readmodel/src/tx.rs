@@ -17,34 +17,59 @@ pub trait Read {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Corrupt>;
 }
 
+/// FNV-1a: a fast hash for the pending changes' keys (which are ours, not an attacker's).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Pending = HashMap<Vec<u8>, Option<Vec<u8>>, std::hash::BuildHasherDefault<Fnv>>;
+
 /// Changes not yet committed, over a store.
 #[derive(Debug)]
 pub struct Tx<'a, R: Read + ?Sized> {
     base: &'a R,
-    pending: HashMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    /// Per column family (indexed by [`Cf`]'s discriminant).
+    pending: Vec<Pending>,
 }
 
 impl<'a, R: Read + ?Sized> Tx<'a, R> {
     pub fn new(base: &'a R) -> Self {
         Self {
             base,
-            pending: HashMap::new(),
+            pending: (0..Cf::ALL.len()).map(|_| Pending::default()).collect(),
         }
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Corrupt> {
-        match self.pending.get(&(cf, key.to_vec())) {
+        match self.pending[cf as usize].get(key) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(cf, key),
         }
     }
 
     pub fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.pending.insert((cf, key), Some(value));
+        self.pending[cf as usize].insert(key, Some(value));
     }
 
     pub fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.pending.insert((cf, key), None);
+        self.pending[cf as usize].insert(key, None);
     }
 
     pub fn get_rec<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, Corrupt> {
@@ -97,16 +122,19 @@ impl<'a, R: Read + ?Sized> Tx<'a, R> {
 
     /// How many keys this transaction changes.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.iter().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.iter().all(HashMap::is_empty)
     }
 
     /// The changes, to be committed together: `(cf, key, Some(value))` puts, `None` deletes.
     pub fn into_changes(self) -> impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)> {
-        self.pending.into_iter().map(|((cf, k), v)| (cf, k, v))
+        Cf::ALL
+            .into_iter()
+            .zip(self.pending)
+            .flat_map(|(cf, p)| p.into_iter().map(move |(k, v)| (cf, k, v)))
     }
 }
 

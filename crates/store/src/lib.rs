@@ -27,6 +27,18 @@ pub enum StoreError {
     ReadOnly { path: String },
 }
 
+/// How durable a write is once it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk (the write-ahead log is fsynced).
+    Synced,
+    /// In the write-ahead log, not yet fsynced: survives the process dying, not the machine.
+    Buffered,
+    /// In memory only until [`Store::flush`]: for building a database that is thrown away if
+    /// the build does not finish.
+    Unlogged,
+}
+
 /// Keys and their values, in key order.
 pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -42,6 +54,14 @@ fn options() -> rocksdb::Options {
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    options.set_max_background_jobs(2);
+    // Folds look up many keys that do not exist yet (a new need, a first counter): bloom
+    // filters answer those without searching the memtable or reading table blocks.
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_bloom_filter(10.0, false);
+    options.set_block_based_table_factory(&table);
+    options.set_memtable_prefix_bloom_ratio(0.1);
+    options.set_memtable_whole_key_filtering(true);
     options
 }
 
@@ -133,15 +153,14 @@ impl Store {
                 Change::Delete(k) => batch.delete(k),
             }
         }
-        self.commit(batch, true)
+        self.commit(batch, Durability::Synced)
     }
 
-    /// Applies changes to named column families atomically (one `WriteBatch`), synced to disk
-    /// before returning when `sync` is set.
+    /// Applies changes to named column families atomically (one `WriteBatch`).
     pub fn write_cf<'a>(
         &self,
         changes: impl IntoIterator<Item = (&'a str, Change)>,
-        sync: bool,
+        durability: Durability,
     ) -> Result<(), StoreError> {
         let mut batch = rocksdb::WriteBatch::default();
         for (cf, c) in changes {
@@ -151,23 +170,31 @@ impl Store {
                 Change::Delete(k) => batch.delete_cf(handle, k),
             }
         }
-        self.commit(batch, sync)
+        self.commit(batch, durability)
     }
 
-    fn commit(&self, batch: rocksdb::WriteBatch, sync: bool) -> Result<(), StoreError> {
+    fn commit(&self, batch: rocksdb::WriteBatch, durability: Durability) -> Result<(), StoreError> {
         if self.read_only {
             return Err(StoreError::ReadOnly {
                 path: self.db.path().display().to_string(),
             });
         }
         let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(sync);
+        options.set_sync(durability == Durability::Synced);
+        options.disable_wal(durability == Durability::Unlogged);
         self.db.write_opt(batch, &options).map_err(|e| self.err(e))
     }
 
-    /// Flushes memtables and the write-ahead log to disk.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(|e| self.err(e))
+    /// Writes everything to disk: the write-ahead log and the memtables of `cfs` (which holds
+    /// what was written [`Durability::Unlogged`]).
+    pub fn flush(&self, cfs: &[&str]) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(|e| self.err(e))?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        for name in cfs {
+            let handle = self.cf(name)?;
+            self.db.flush_cf(handle).map_err(|e| self.err(e))?;
+        }
+        Ok(())
     }
 
     /// Every key and value whose key starts with `prefix`, in key order.
@@ -256,11 +283,14 @@ mod cf_tests {
                         ("a", Change::Put(b"y/1".to_vec(), b"3".to_vec())),
                         ("b", Change::Put(b"x/1".to_vec(), b"4".to_vec())),
                     ],
-                    true,
+                    Durability::Synced,
                 )
                 .expect("write");
             assert!(matches!(
-                store.write_cf([("nope", Change::Delete(b"k".to_vec()))], true),
+                store.write_cf(
+                    [("nope", Change::Delete(b"k".to_vec()))],
+                    Durability::Buffered
+                ),
                 Err(StoreError::NoColumnFamily { .. })
             ));
         }
@@ -275,7 +305,10 @@ mod cf_tests {
         assert_eq!(seen, vec![(b"x/2".to_vec(), b"2".to_vec())]);
         assert_eq!(store.get_cf("b", b"x/1").expect("get"), Some(b"4".to_vec()));
         assert!(matches!(
-            store.write_cf([("a", Change::Delete(b"x/1".to_vec()))], false),
+            store.write_cf(
+                [("a", Change::Delete(b"x/1".to_vec()))],
+                Durability::Buffered
+            ),
             Err(StoreError::ReadOnly { .. })
         ));
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use muster_readmodel::{Cf, Corrupt, Read, keys};
-use muster_store::{Change, Store, StoreError};
+use muster_store::{Change, Durability, Store, StoreError};
 use serde::de::DeserializeOwned;
 
 /// The projections' database.
@@ -62,7 +62,7 @@ impl Db {
     pub fn commit(
         &self,
         changes: impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)>,
-        sync: bool,
+        durability: Durability,
     ) -> Result<(), StoreError> {
         self.store.write_cf(
             changes.map(|(cf, k, v)| {
@@ -74,12 +74,13 @@ impl Db {
                     },
                 )
             }),
-            sync,
+            durability,
         )
     }
 
+    /// Puts everything written so far on disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.store.flush()
+        self.store.flush(&Cf::names())
     }
 
     pub fn record<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, Corrupt> {

@@ -69,8 +69,14 @@ pub fn items(batch: &mut [Delivered]) -> Vec<Item> {
         .collect()
 }
 
+pub use muster_store::Durability as Commit;
+
 /// Folds `items` in one transaction and commits it (blocking: run on a blocking thread).
-pub fn fold_batch(db: &Db, items: &[Item], sync: bool) -> Result<BatchReport, ProjectionsError> {
+pub fn fold_batch(
+    db: &Db,
+    items: &[Item],
+    commit: Commit,
+) -> Result<BatchReport, ProjectionsError> {
     let mut report = BatchReport::default();
     let mut tx = Tx::new(db);
     for (seq, subject, env) in items {
@@ -85,7 +91,7 @@ pub fn fold_batch(db: &Db, items: &[Item], sync: bool) -> Result<BatchReport, Pr
         report.last_seq = *seq;
     }
     if !tx.is_empty() {
-        db.commit(tx.into_changes(), sync)?;
+        db.commit(tx.into_changes(), commit)?;
     }
     Ok(report)
 }
@@ -94,10 +100,10 @@ pub fn fold_batch(db: &Db, items: &[Item], sync: bool) -> Result<BatchReport, Pr
 pub async fn fold_batch_blocking(
     db: &Arc<Db>,
     items: Vec<Item>,
-    sync: bool,
+    commit: Commit,
 ) -> Result<BatchReport, ProjectionsError> {
     let db = Arc::clone(db);
-    tokio::task::spawn_blocking(move || fold_batch(&db, &items, sync))
+    tokio::task::spawn_blocking(move || fold_batch(&db, &items, commit))
         .await
         .map_err(|e| ProjectionsError::Task(e.to_string()))?
 }

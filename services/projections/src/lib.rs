@@ -197,7 +197,12 @@ async fn follow(
         };
         let Some(mut batch) = batch else { break };
         let items = follow::items(&mut batch);
-        let report = follow::fold_batch_blocking(&db, items, sync).await?;
+        let commit = if sync {
+            follow::Commit::Synced
+        } else {
+            follow::Commit::Buffered
+        };
+        let report = follow::fold_batch_blocking(&db, items, commit).await?;
         if let Some(last) = batch.last()
             && let Err(e) = last.ack_through().await
         {

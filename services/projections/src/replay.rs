@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use muster_log::{LogConfig, LogConsumer};
-use muster_schema::{Timestamp, subject};
+use muster_schema::Timestamp;
 
 use crate::ProjectionsError;
 use crate::db::Db;
@@ -59,6 +59,8 @@ pub struct Report {
     pub events: u64,
     pub set_aside: u64,
     pub elapsed: Duration,
+    /// Of `elapsed`, the time spent folding and committing (the rest is reading the log).
+    pub folding: Duration,
 }
 
 /// Folds the log from sequence 1 into a new database at `into` (which must not hold one yet).
@@ -108,13 +110,19 @@ pub async fn build(
         events: 0,
         set_aside: 0,
         elapsed: Duration::ZERO,
+        folding: Duration::ZERO,
     };
     if target > 0 {
-        let mut consumer = LogConsumer::ordered(&stream, vec![subject::all()], 1).await?;
-        'fold: while report.position < target {
+        let mut consumer = LogConsumer::replay(&stream, 1).await?;
+        // The batch being folded on a blocking thread while the next one is read.
+        type Folding = tokio::task::JoinHandle<Result<follow::BatchReport, ProjectionsError>>;
+        let mut folding: Option<(Instant, Folding)> = None;
+        let mut read_to = 0;
+        'fold: while read_to < target {
             let Some(mut batch) = follow::next_batch(&mut consumer, 5_000).await else {
                 break;
             };
+            read_to = batch.last().map_or(read_to, |d| d.seq);
             let mut items = follow::items(&mut batch);
             let mut done = false;
             if let Some(cut) = items.iter().position(|(seq, _, env)| {
@@ -124,11 +132,23 @@ pub async fn build(
                 items.truncate(cut);
                 done = true;
             }
-            if !items.is_empty() {
-                let r = follow::fold_batch_blocking(&db, items, false).await?;
+            if let Some((started, task)) = folding.take() {
+                let r = task
+                    .await
+                    .map_err(|e| ProjectionsError::Task(e.to_string()))??;
+                report.folding += started.elapsed();
                 report.events += r.applied + r.set_aside;
                 report.set_aside += r.set_aside;
                 report.position = r.last_seq;
+            }
+            if !items.is_empty() {
+                let db = Arc::clone(&db);
+                folding = Some((
+                    Instant::now(),
+                    tokio::task::spawn_blocking(move || {
+                        follow::fold_batch(&db, &items, follow::Commit::Unlogged)
+                    }),
+                ));
             }
             progress(&Progress {
                 position: report.position,
@@ -139,6 +159,15 @@ pub async fn build(
             if done {
                 break 'fold;
             }
+        }
+        if let Some((started, task)) = folding.take() {
+            let r = task
+                .await
+                .map_err(|e| ProjectionsError::Task(e.to_string()))??;
+            report.folding += started.elapsed();
+            report.events += r.applied + r.set_aside;
+            report.set_aside += r.set_aside;
+            report.position = r.last_seq;
         }
     }
     let flushed = Arc::clone(&db);
