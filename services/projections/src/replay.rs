@@ -63,6 +63,25 @@ pub struct Report {
     pub folding: Duration,
 }
 
+type Folding = tokio::task::JoinHandle<Result<follow::BatchReport, ProjectionsError>>;
+
+impl Report {
+    /// Waits for a batch being folded and counts it.
+    async fn settle(
+        &mut self,
+        (started, task): (Instant, Folding),
+    ) -> Result<(), ProjectionsError> {
+        let r = task
+            .await
+            .map_err(|e| ProjectionsError::Task(e.to_string()))??;
+        self.folding += started.elapsed();
+        self.events += r.applied + r.set_aside;
+        self.set_aside += r.set_aside;
+        self.position = r.last_seq;
+        Ok(())
+    }
+}
+
 /// Folds the log from sequence 1 into a new database at `into` (which must not hold one yet).
 pub async fn build(
     nats_url: &str,
@@ -115,7 +134,6 @@ pub async fn build(
     if target > 0 {
         let mut consumer = LogConsumer::replay(&stream, 1).await?;
         // The batch being folded on a blocking thread while the next one is read.
-        type Folding = tokio::task::JoinHandle<Result<follow::BatchReport, ProjectionsError>>;
         let mut folding: Option<(Instant, Folding)> = None;
         let mut read_to = 0;
         'fold: while read_to < target {
@@ -132,14 +150,8 @@ pub async fn build(
                 items.truncate(cut);
                 done = true;
             }
-            if let Some((started, task)) = folding.take() {
-                let r = task
-                    .await
-                    .map_err(|e| ProjectionsError::Task(e.to_string()))??;
-                report.folding += started.elapsed();
-                report.events += r.applied + r.set_aside;
-                report.set_aside += r.set_aside;
-                report.position = r.last_seq;
+            if let Some(f) = folding.take() {
+                report.settle(f).await?;
             }
             if !items.is_empty() {
                 let db = Arc::clone(&db);
@@ -160,14 +172,8 @@ pub async fn build(
                 break 'fold;
             }
         }
-        if let Some((started, task)) = folding.take() {
-            let r = task
-                .await
-                .map_err(|e| ProjectionsError::Task(e.to_string()))??;
-            report.folding += started.elapsed();
-            report.events += r.applied + r.set_aside;
-            report.set_aside += r.set_aside;
-            report.position = r.last_seq;
+        if let Some(f) = folding.take() {
+            report.settle(f).await?;
         }
     }
     let flushed = Arc::clone(&db);
