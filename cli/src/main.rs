@@ -158,30 +158,42 @@ struct IntakeArgs {
     log: LogArgs,
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Resolves on the first SIGINT or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: `main` calls it before anything else, so a signal that
+/// arrives while a service is still starting is not lost (and does not kill the process).
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, signal = name, "cannot listen for the signal");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(interrupt, "SIGINT") => {},
+            () = wait(terminate, "SIGTERM") => {},
         }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("shutdown requested; draining");
     }
-    tracing::info!("shutdown requested; draining");
+}
+
+/// Runs `work` unless a shutdown signal comes first.
+async fn interruptible(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::select! {
+        r = work => r,
+        () = shutdown => anyhow::bail!("interrupted"),
+    }
 }
 
 async fn audit_verify(nats_url: &str, log: &LogArgs) -> anyhow::Result<()> {
@@ -230,31 +242,29 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal();
         let telemetry = telemetry::init("muster")?;
         let result = match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::run(args, shutdown).await,
             Command::Intake(args) => {
                 let listener = tokio::net::TcpListener::bind(args.listen).await?;
                 println!("muster intake listening on {}", listener.local_addr()?);
-                muster_intake::run(
-                    args.log.intake_config(&args.nats_url),
-                    listener,
-                    shutdown_signal(),
-                )
-                .await
-                .map_err(anyhow::Error::from)
+                muster_intake::run(args.log.intake_config(&args.nats_url), listener, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
             }
             Command::Matcher(args) => {
                 let mut config = args.log.matcher_config(&args.nats_url);
                 config.data_dir = args.data_dir;
-                muster_matcher::run(config, shutdown_signal())
+                muster_matcher::run(config, shutdown)
                     .await
                     .map_err(anyhow::Error::from)
             }
-            Command::Projections(args) => projections::run(args).await,
-            Command::Replay(command) => projections::replay(command).await,
+            Command::Projections(args) => projections::run(args, shutdown).await,
+            // One-shot commands stop where they are on Ctrl-C.
+            Command::Replay(command) => interruptible(projections::replay(command), shutdown).await,
             Command::Audit(AuditCommand::Verify { nats_url, log }) => {
-                audit_verify(&nats_url, &log).await
+                interruptible(audit_verify(&nats_url, &log), shutdown).await
             }
             Command::Audit(AuditCommand::ExportRound {
                 nats_url,
@@ -262,7 +272,13 @@ fn main() -> anyhow::Result<()> {
                 seq,
                 out,
                 log,
-            }) => export_round(&nats_url, &incident, seq, out.as_deref(), &log).await,
+            }) => {
+                interruptible(
+                    export_round(&nats_url, &incident, seq, out.as_deref(), &log),
+                    shutdown,
+                )
+                .await
+            }
         };
         if let Err(e) = &result {
             tracing::error!(error = format!("{e:#}"), "muster stopped with an error");

@@ -97,7 +97,10 @@ impl LogArgs {
     }
 }
 
-pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
+pub async fn run(
+    args: ProjectionsArgs,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -110,7 +113,7 @@ pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
             dir.display(),
             projections.applied()
         );
-        muster_projections::serve(projections, listener, crate::shutdown_signal()).await?;
+        muster_projections::serve(projections, listener, shutdown).await?;
         return Ok(());
     }
     let nats_url = args
@@ -119,7 +122,7 @@ pub async fn run(args: ProjectionsArgs) -> anyhow::Result<()> {
     let mut config = args.log.projections_config(&nats_url, args.data_dir);
     config.consumer = args.consumer;
     println!("muster projections listening on {addr}");
-    muster_projections::run(config, listener, crate::shutdown_signal()).await?;
+    muster_projections::run(config, listener, shutdown).await?;
     Ok(())
 }
 

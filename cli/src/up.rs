@@ -42,7 +42,10 @@ pub struct UpArgs {
 const NATS_GRACE: Duration = Duration::from_secs(10);
 const MAX_RESTARTS: u32 = 5;
 
-pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+pub async fn run(
+    args: UpArgs,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let (nats_url, supervisor) = match &args.nats_url {
         Some(url) => (url.clone(), None),
         None => {
@@ -98,7 +101,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let (nats_died_tx, nats_died) = oneshot::channel::<()>();
     let shutdown = async {
         tokio::select! {
-            () = crate::shutdown_signal() => {},
+            () = signal => {},
             _ = nats_died => tracing::error!("nats-server could not be kept running; stopping"),
         }
     };

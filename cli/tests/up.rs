@@ -173,3 +173,21 @@ async fn up_uses_an_external_nats_server_when_given_one() {
         "no embedded server was started"
     );
 }
+
+#[tokio::test]
+async fn a_sigterm_right_after_start_is_a_clean_stop() {
+    // The "muster is up" line is printed before the gRPC server runs; a signal sent at once
+    // must still be handled (not kill the process by default action).
+    let nats = muster_tests::Nats::start().await;
+    for _ in 0..3 {
+        let data = tempfile::tempdir().expect("tempdir");
+        let muster = up(&[
+            "--data-dir",
+            data.path().to_str().expect("utf-8"),
+            "--nats-url",
+            &nats.url(),
+        ])
+        .await;
+        muster.stop().await;
+    }
+}
