@@ -104,6 +104,8 @@ pub async fn run(
             () = signal => {},
             _ = nats_died => tracing::error!("nats-server could not be kept running; stopping"),
         }
+        // Open watch streams end, or the server would wait for them forever.
+        projections.close_watches();
     };
     let served = tonic::transport::Server::builder()
         .add_service(health)

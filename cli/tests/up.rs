@@ -191,3 +191,125 @@ async fn a_sigterm_right_after_start_is_a_clean_stop() {
         muster.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_need_and_an_offer_become_an_assignment_a_watcher_sees() {
+    use futures::StreamExt;
+    use muster_tests::workload;
+    // The README's walkthrough, through gRPC against `muster up` and its own nats-server.
+    let data = tempfile::tempdir().expect("tempdir");
+    let muster = up(&["--data-dir", data.path().to_str().expect("utf-8")]).await;
+    let mut intake = IntakeClient::connect(muster.grpc.clone())
+        .await
+        .expect("connect");
+    let mut query = muster_proto::v1::query_client::QueryClient::connect(muster.grpc.clone())
+        .await
+        .expect("connect query");
+    workload::declare(&mut intake, "thirsk").await;
+    let mut watch = query
+        .watch_incident(workload::req(pb::WatchIncidentRequest {
+            incident: "thirsk".into(),
+            after_sequence: 0,
+        }))
+        .await
+        .expect("watch")
+        .into_inner();
+    workload::bulk(&mut intake, "thirsk", "offer", workload::offers(0, 1)).await;
+    let need = workload::bulk(&mut intake, "thirsk", "need", workload::needs(0, 1)).await[0];
+
+    // The matcher proposes; the watcher sees the assignment arrive.
+    let proposed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let change = watch.next().await.expect("stream open").expect("change");
+            if change.entity_kind == "assign" && change.status == "proposed" {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("an assignment within 20 s");
+    assert!(proposed.sequence > need);
+    let got = query
+        .get_need(workload::req(pb::GetEntityRequest {
+            id: String::new(),
+            reference: "n0".into(),
+            min_sequence: proposed.sequence,
+        }))
+        .await
+        .expect("need")
+        .into_inner();
+    assert_eq!(got.status, pb::NeedStatus::Proposed as i32);
+    assert_eq!(got.current_assignment_id, proposed.entity_id);
+    assert_eq!(got.id, proposed.need_id);
+
+    // The volunteer accepts; the watcher and the dashboard see it.
+    let accepted = intake
+        .respond_to_assignment(workload::req(pb::RespondToAssignmentRequest {
+            idempotency_key: "accept".into(),
+            incident: "thirsk".into(),
+            assignment_id: proposed.entity_id.clone(),
+            response: pb::AssignmentResponse::Accept as i32,
+            reason: String::new(),
+        }))
+        .await
+        .expect("accept")
+        .into_inner();
+    // After the round's record, the acceptance.
+    let change = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let c = watch.next().await.expect("stream open").expect("change");
+            if c.entity_kind == "assign" {
+                return c;
+            }
+            assert_eq!(c.entity_kind, "round", "{c:?}");
+        }
+    })
+    .await
+    .expect("the acceptance is watched");
+    assert_eq!(
+        (change.sequence, change.status.as_str()),
+        (accepted.sequence, "accepted")
+    );
+    let dashboard = query
+        .get_dashboard(workload::req(pb::GetDashboardRequest {
+            incident: "thirsk".into(),
+            min_sequence: accepted.sequence,
+            ..Default::default()
+        }))
+        .await
+        .expect("dashboard")
+        .into_inner();
+    let count = |key: &str| {
+        dashboard
+            .needs_by_status
+            .iter()
+            .find(|c| c.key == key)
+            .map_or(0, |c| c.count)
+    };
+    assert_eq!((count("accepted"), count("open")), (1, 0));
+    assert_eq!(dashboard.providers_available, 1);
+    assert_eq!(dashboard.providers_never_offered, 0);
+    assert!(
+        dashboard
+            .time_to_match
+            .iter()
+            .any(|t| t.urgency == 0 && t.matched == 1)
+    );
+    let history = query
+        .get_history(workload::req(pb::GetHistoryRequest {
+            id: proposed.entity_id.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect("history")
+        .into_inner();
+    assert_eq!(history.entries.len(), 2, "proposed, then accepted");
+    assert!(
+        history.entries[0]
+            .score
+            .as_ref()
+            .is_some_and(|s| s.total > 0),
+        "the score explains the proposal"
+    );
+    muster.stop().await;
+}

@@ -97,6 +97,8 @@ pub enum ProjectionsError {
 pub struct Projections {
     db: Arc<Db>,
     applied: watch::Receiver<u64>,
+    /// Set when the server is shutting down: watch streams end so the server can drain.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Projections {
@@ -105,7 +107,14 @@ impl Projections {
         QueryServer::new(QueryService::new(
             Arc::clone(&self.db),
             self.applied.clone(),
+            self.closing.subscribe(),
         ))
+    }
+
+    /// Ends every open `WatchIncident` stream (after what it has already sent): call it when
+    /// shutdown begins, or a graceful server shutdown waits for those streams forever.
+    pub fn close_watches(&self) {
+        self.closing.send_replace(true);
     }
 
     /// The last sequence applied.
@@ -129,6 +138,7 @@ impl Projections {
         Ok(Self {
             db: Arc::new(db),
             applied,
+            closing: Arc::new(watch::channel(false).0),
         })
     }
 }
@@ -178,7 +188,12 @@ pub async fn start(
         client,
         shutdown,
     ));
-    Ok((Projections { db, applied }, task))
+    let projections = Projections {
+        db,
+        applied,
+        closing: Arc::new(watch::channel(false).0),
+    };
+    Ok((projections, task))
 }
 
 async fn follow(
@@ -264,13 +279,17 @@ pub async fn serve(
     let (reporter, health, reflection) = muster_proto::health_and_reflection();
     reporter.set_serving::<QueryServer<QueryService>>().await;
     tracing::info!(addr = ?listener.local_addr().ok(), applied = projections.applied(), "projections serving queries");
+    let server = projections.query_server();
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
-        .add_service(projections.query_server())
+        .add_service(server)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+            async move {
+                shutdown.await;
+                projections.close_watches();
+            },
         )
         .await?;
     Ok(())

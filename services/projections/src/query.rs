@@ -42,6 +42,7 @@ pub const MAX_SCAN: usize = 20_000;
 pub struct QueryService {
     db: Arc<Db>,
     applied: watch::Receiver<u64>,
+    closing: watch::Receiver<bool>,
 }
 
 fn invalid(v: Violation) -> Status {
@@ -165,8 +166,12 @@ fn record<T: serde::de::DeserializeOwned>(
 }
 
 impl QueryService {
-    pub fn new(db: Arc<Db>, applied: watch::Receiver<u64>) -> Self {
-        Self { db, applied }
+    pub fn new(db: Arc<Db>, applied: watch::Receiver<u64>, closing: watch::Receiver<bool>) -> Self {
+        Self {
+            db,
+            applied,
+            closing,
+        }
     }
 
     /// Waits until `min_sequence` has been applied, within the request's deadline.
@@ -536,8 +541,12 @@ impl Query for QueryService {
         let (tx, rx) = mpsc::channel::<Result<pb::Change, Status>>(256);
         let db = Arc::clone(&self.db);
         let mut applied = self.applied.clone();
+        let mut closing = self.closing.clone();
         tokio::spawn(async move {
             loop {
+                if *closing.borrow_and_update() {
+                    return;
+                }
                 let upto = *applied.borrow_and_update();
                 let batch = if upto > after {
                     let db = Arc::clone(&db);
@@ -573,6 +582,7 @@ impl Query for QueryService {
                     tokio::select! {
                         changed = applied.changed() => if changed.is_err() { return },
                         () = tx.closed() => return,
+                        _ = closing.changed() => return,
                     }
                 }
             }
