@@ -336,7 +336,7 @@ fn need<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Resul
     let mut fx = Effects::none();
     let (id, rec, summary) = match &env.event {
         Event::NeedReportedV1(e) => {
-            if tx.get(Cf::Needs, &e.need.0)?.is_some() {
+            if tx.contains(Cf::Needs, &e.need.0)? {
                 return refuse(format!("need {} was already reported", e.need));
             }
             let rec = NeedRecord {
@@ -448,7 +448,7 @@ fn offer<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Resu
     let inc = &env.incident;
     let (id, rec, summary) = match &env.event {
         Event::OfferRegisteredV1(e) => {
-            if tx.get(Cf::Offers, &e.offer.0)?.is_some() {
+            if tx.contains(Cf::Offers, &e.offer.0)? {
                 return refuse(format!("offer {} was already registered", e.offer));
             }
             provider_moved(tx, inc, provider_id(&e.provider), 1, 0)?;
@@ -511,7 +511,7 @@ fn verification<R: Read + ?Sized>(
     let mut fx = Effects::none();
     let (id, rec, summary) = match &env.event {
         Event::VerificationRecordedV1(e) => {
-            if tx.get(Cf::Verifications, &e.verification.0)?.is_some() {
+            if tx.contains(Cf::Verifications, &e.verification.0)? {
                 return refuse(format!(
                     "verification {} was already recorded",
                     e.verification
@@ -606,7 +606,7 @@ fn proposed<R: Read + ?Sized>(
     let Event::AssignmentProposedV1(e) = &env.event else {
         return refuse("not a proposal");
     };
-    if tx.get(Cf::Assignments, &e.assignment.0)?.is_some() {
+    if tx.contains(Cf::Assignments, &e.assignment.0)? {
         return refuse(format!("assignment {} was already proposed", e.assignment));
     }
     let mut need = get_need(tx, &e.need)?;

@@ -72,15 +72,33 @@ impl<'a, R: Read + ?Sized> Tx<'a, R> {
         self.pending[cf as usize].insert(key, None);
     }
 
+    /// Reads a value without copying it when this transaction holds it.
+    fn with<T>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<T, Corrupt>,
+    ) -> Result<T, Corrupt> {
+        match self.pending[cf as usize].get(key) {
+            Some(v) => f(v.as_deref()),
+            None => f(self.base.get(cf, key)?.as_deref()),
+        }
+    }
+
+    /// Whether `key` has a value.
+    pub fn contains(&self, cf: Cf, key: &[u8]) -> Result<bool, Corrupt> {
+        self.with(cf, key, |v| Ok(v.is_some()))
+    }
+
     pub fn get_rec<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, Corrupt> {
-        match self.get(cf, key)? {
+        self.with(cf, key, |v| match v {
             None => Ok(None),
-            Some(bytes) => postcard::from_bytes(&bytes).map(Some).map_err(|e| Corrupt {
+            Some(bytes) => postcard::from_bytes(bytes).map(Some).map_err(|e| Corrupt {
                 cf: cf.name(),
                 key: key.iter().map(|b| format!("{b:02x}")).collect(),
                 reason: e.to_string(),
             }),
-        }
+        })
     }
 
     pub fn put_rec<T: Serialize>(&mut self, cf: Cf, key: Vec<u8>, value: &T) {
@@ -92,14 +110,14 @@ impl<'a, R: Read + ?Sized> Tx<'a, R> {
     }
 
     pub fn get_i64(&self, cf: Cf, key: &[u8]) -> Result<i64, Corrupt> {
-        match self.get(cf, key)? {
+        self.with(cf, key, |v| match v {
             None => Ok(0),
-            Some(b) => decode_i64(&b).ok_or_else(|| Corrupt {
+            Some(b) => decode_i64(b).ok_or_else(|| Corrupt {
                 cf: cf.name(),
                 key: String::from_utf8_lossy(key).into_owned(),
                 reason: format!("a counter of {} bytes", b.len()),
             }),
-        }
+        })
     }
 
     pub fn put_i64(&mut self, cf: Cf, key: Vec<u8>, v: i64) {
