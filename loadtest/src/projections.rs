@@ -27,6 +27,9 @@ pub struct Args {
     /// (c): concurrent readers.
     #[arg(long, default_value_t = 64)]
     readers: usize,
+    /// (c): HTTP/2 connections the readers share.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
     /// (c): seconds of measurement.
     #[arg(long, default_value_t = 15)]
     seconds: u64,
@@ -325,9 +328,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             anyhow::Ok(())
         })
     };
-    let channel = tonic::transport::Channel::from_shared(format!("http://{query_addr}"))?
-        .connect()
-        .await?;
+    // Readers share `--connections` HTTP/2 connections (one by default: more cost CPU here).
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{query_addr}"))?
+                .connect()
+                .await?,
+        );
+    }
+    let channel = channels[0].clone();
     let need_ids = Arc::new(need_ids);
     // Service time first: one reader alone (ingest running), so queueing is not counted.
     {
@@ -358,7 +368,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for r in 0..args.readers {
         let stop = Arc::clone(&stop);
         let need_ids = Arc::clone(&need_ids);
-        let mut q = pb::query_client::QueryClient::new(channel.clone());
+        let mut q = pb::query_client::QueryClient::new(channels[r % channels.len()].clone());
         readers.push(tokio::spawn(async move {
             let mut get = Histogram::<u64>::new(3).expect("histogram");
             let mut page = Histogram::<u64>::new(3).expect("histogram");
@@ -399,8 +409,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     writer.await??;
     let ingest_rate = ingested.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
     println!(
-        "(c) {} readers for {:.0}s while intake ingested {ingest_rate:.0} needs/s:",
+        "(c) {} readers over {} connections for {:.0}s while intake ingested {ingest_rate:.0} needs/s:",
         args.readers,
+        args.connections.max(1),
         elapsed.as_secs_f64()
     );
     println!(
