@@ -14,6 +14,17 @@ struct Up {
     nats: String,
 }
 
+/// `muster up` against `nats` instead of its own server, with its data in `data`.
+async fn up_external(nats: &muster_tests::Nats, data: &tempfile::TempDir) -> Up {
+    up(&[
+        "--data-dir",
+        data.path().to_str().expect("utf-8"),
+        "--nats-url",
+        &nats.url(),
+    ])
+    .await
+}
+
 /// Starts `muster up` with `args` and waits for its "muster is up" line.
 async fn up(args: &[&str]) -> Up {
     let mut child = Command::new(env!("CARGO_BIN_EXE_muster"))
@@ -148,13 +159,7 @@ async fn up_serves_stops_cleanly_and_keeps_its_state() {
 async fn up_uses_an_external_nats_server_when_given_one() {
     let nats = muster_tests::Nats::start().await;
     let data = tempfile::tempdir().expect("tempdir");
-    let muster = up(&[
-        "--data-dir",
-        data.path().to_str().expect("utf-8"),
-        "--nats-url",
-        &nats.url(),
-    ])
-    .await;
+    let muster = up_external(&nats, &data).await;
     assert_eq!(muster.nats, nats.url());
     let mut client = IntakeClient::connect(muster.grpc.clone())
         .await
@@ -181,13 +186,7 @@ async fn a_sigterm_right_after_start_is_a_clean_stop() {
     let nats = muster_tests::Nats::start().await;
     for _ in 0..3 {
         let data = tempfile::tempdir().expect("tempdir");
-        let muster = up(&[
-            "--data-dir",
-            data.path().to_str().expect("utf-8"),
-            "--nats-url",
-            &nats.url(),
-        ])
-        .await;
+        let muster = up_external(&nats, &data).await;
         muster.stop().await;
     }
 }

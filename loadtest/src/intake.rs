@@ -68,9 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(muster_natsd::default_binary);
     let version = muster_natsd::check_binary(&bin).await?;
-    let server =
-        muster_natsd::NatsServer::start(muster_natsd::NodeConfig::new(bin, dir.path().into()))
-            .await?;
+    let server = crate::start_nats(Some(&bin), dir.path().into()).await?;
     let url = server.url();
     println!(
         "intake benchmark: {version}, sync_interval: always, {} cores, intake batches in flight {}, linger {} us, store {}",

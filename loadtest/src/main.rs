@@ -37,6 +37,15 @@ enum Command {
     Projections(projections::Args),
 }
 
+/// Starts the nats-server `bin` (default: the pinned install) with its store in `dir`.
+async fn start_nats(
+    bin: Option<&std::path::PathBuf>,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<muster_natsd::NatsServer> {
+    let bin = bin.cloned().unwrap_or_else(muster_natsd::default_binary);
+    Ok(muster_natsd::NatsServer::start(muster_natsd::NodeConfig::new(bin, dir)).await?)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -170,15 +170,7 @@ fn q(h: &Histogram<u64>, p: f64) -> f64 {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let bin = args
-        .nats_server_bin
-        .clone()
-        .unwrap_or_else(muster_natsd::default_binary);
-    let server = muster_natsd::NatsServer::start(muster_natsd::NodeConfig::new(
-        bin,
-        dir.path().join("nats"),
-    ))
-    .await?;
+    let server = crate::start_nats(args.nats_server_bin.as_ref(), dir.path().join("nats")).await?;
     let url = server.url();
     let (client, _) = muster_log::open(&url, "bench", &Default::default()).await?;
     let t = Instant::now();

@@ -23,6 +23,25 @@ async fn setup(dir: &std::path::Path) -> (Nats, Intake, Projections) {
     (nats, intake, projections)
 }
 
+/// Another agency reporting `batches` bulks of `size` needs from `n{from}` on, `pause` apart.
+async fn needs_writer(
+    intake: &Intake,
+    key: &'static str,
+    from: usize,
+    batches: usize,
+    size: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let mut c = intake.client().await;
+    tokio::spawn(async move {
+        for b in 0..batches {
+            let needs = workload::needs(from + b * size, size);
+            workload::bulk(&mut c, INCIDENT, &format!("{key}{b}"), needs).await;
+            tokio::time::sleep(pause).await;
+        }
+    })
+}
+
 fn with_deadline<T>(body: T, d: Duration) -> tonic::Request<T> {
     let mut r = req(body);
     r.set_timeout(d);
@@ -124,21 +143,7 @@ async fn paging_is_stable_while_new_needs_arrive() {
     let mut q = projections.client().await;
 
     // Page through the open needs while another agency keeps reporting more.
-    let writer = {
-        let mut c = intake.client().await;
-        tokio::spawn(async move {
-            for b in 0..10 {
-                workload::bulk(
-                    &mut c,
-                    INCIDENT,
-                    &format!("more{b}"),
-                    workload::needs(1_000 + b * 20, 20),
-                )
-                .await;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let writer = needs_writer(&intake, "more", 1_000, 10, 20, Duration::from_millis(20)).await;
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
@@ -313,20 +318,7 @@ async fn the_watch_stream_resumes_from_a_sequence_without_gap_or_duplicate() {
         .await
         .expect("resume")
         .into_inner();
-    let writer = {
-        let mut c = intake.client().await;
-        tokio::spawn(async move {
-            for b in 4..8 {
-                workload::bulk(
-                    &mut c,
-                    INCIDENT,
-                    &format!("n{b}"),
-                    workload::needs(b * 10, 10),
-                )
-                .await;
-            }
-        })
-    };
+    let writer = needs_writer(&intake, "later", 40, 4, 10, Duration::ZERO).await;
     writer.await.expect("writer");
     let (_, stream) = nats.log().await;
     let end = last_seq(&stream).await;

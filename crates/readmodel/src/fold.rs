@@ -325,11 +325,29 @@ fn need_in<R: Read + ?Sized>(
     Ok(())
 }
 
-fn get_need<R: Read + ?Sized>(tx: &Tx<'_, R>, id: &EntityId) -> Result<NeedRecord, Fail> {
-    match tx.get_rec(Cf::Needs, &id.0)? {
-        Some(n) => Ok(n),
-        None => refuse(format!("need {id} was never reported")),
+/// The record `id` in `cf`, or the event is set aside: "`what` {id} was never ...".
+fn must<T: serde::de::DeserializeOwned, R: Read + ?Sized>(
+    tx: &Tx<'_, R>,
+    cf: Cf,
+    id: &EntityId,
+    what: &str,
+) -> Result<T, Fail> {
+    match tx.get_rec(cf, &id.0)? {
+        Some(r) => Ok(r),
+        None => refuse(format!(
+            "{what} {id} was never {}",
+            match cf {
+                Cf::Needs => "reported",
+                Cf::Offers => "registered",
+                Cf::Verifications => "recorded",
+                _ => "proposed",
+            }
+        )),
     }
+}
+
+fn get_need<R: Read + ?Sized>(tx: &Tx<'_, R>, id: &EntityId) -> Result<NeedRecord, Fail> {
+    must(tx, Cf::Needs, id, "need")
 }
 
 fn need<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Result<Effects, Fail> {
@@ -437,10 +455,7 @@ fn provider_moved<R: Read + ?Sized>(
 }
 
 fn get_offer<R: Read + ?Sized>(tx: &Tx<'_, R>, id: &EntityId) -> Result<OfferRecord, Fail> {
-    match tx.get_rec(Cf::Offers, &id.0)? {
-        Some(o) => Ok(o),
-        None => refuse(format!("offer {id} was never registered")),
-    }
+    must(tx, Cf::Offers, id, "offer")
 }
 
 fn offer<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Result<Effects, Fail> {
@@ -540,14 +555,8 @@ fn verification<R: Read + ?Sized>(
             )
         }
         Event::VerificationRevokedV1(e) => {
-            let Some(mut rec): Option<VerificationRecord> =
-                tx.get_rec(Cf::Verifications, &e.verification.0)?
-            else {
-                return refuse(format!(
-                    "verification {} was never recorded",
-                    e.verification
-                ));
-            };
+            let mut rec: VerificationRecord =
+                must(tx, Cf::Verifications, &e.verification, "verification")?;
             if rec.revoked {
                 return refuse(format!(
                     "verification {} was already revoked",
@@ -735,9 +744,7 @@ fn assignment_moved<R: Read + ?Sized>(
         ),
         _ => return refuse("not an assignment event"),
     };
-    let Some(mut a): Option<AssignmentRecord> = tx.get_rec(Cf::Assignments, &id.0)? else {
-        return refuse(format!("assignment {id} was never proposed"));
-    };
+    let mut a: AssignmentRecord = must(tx, Cf::Assignments, &id, "assignment")?;
     let allowed = match to {
         S::Accepted | S::Declined | S::Expired => a.status == S::Proposed,
         _ => a.status.is_active(),

@@ -12,6 +12,8 @@ use std::path::Path;
 pub struct Store {
     db: rocksdb::DB,
     read_only: bool,
+    /// The column families opened besides the default one.
+    cfs: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,7 @@ impl Store {
         Ok(Self {
             db,
             read_only: false,
+            cfs: cfs.iter().map(ToString::to_string).collect(),
         })
     }
 
@@ -100,6 +103,7 @@ impl Store {
         Ok(Self {
             db,
             read_only: true,
+            cfs: cfs.iter().map(ToString::to_string).collect(),
         })
     }
 
@@ -185,12 +189,12 @@ impl Store {
         self.db.write_opt(batch, &options).map_err(|e| self.err(e))
     }
 
-    /// Writes everything to disk: the write-ahead log and the memtables of `cfs` (which holds
-    /// what was written [`Durability::Unlogged`]).
-    pub fn flush(&self, cfs: &[&str]) -> Result<(), StoreError> {
+    /// Writes everything to disk: the write-ahead log and every column family's memtable
+    /// (which holds what was written [`Durability::Unlogged`]).
+    pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(|e| self.err(e))?;
         self.db.flush().map_err(|e| self.err(e))?;
-        for name in cfs {
+        for name in &self.cfs {
             let handle = self.cf(name)?;
             self.db.flush_cf(handle).map_err(|e| self.err(e))?;
         }

@@ -80,7 +80,7 @@ impl Db {
 
     /// Puts everything written so far on disk.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.store.flush(&Cf::names())
+        self.store.flush()
     }
 
     pub fn record<T: DeserializeOwned>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, Corrupt> {

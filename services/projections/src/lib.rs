@@ -44,8 +44,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The durable consumer's name: one per projections instance.
     pub consumer: String,
-    /// Fsync every commit (not needed for exactly-once; see the crate's docs).
-    pub sync: bool,
+    /// How durable each commit is: buffered by default, since fsync is not needed for
+    /// exactly-once (see the crate's docs).
+    pub commit: follow::Commit,
     /// A delivery not acknowledged for this long is delivered again.
     pub ack_wait: Duration,
 }
@@ -57,7 +58,7 @@ impl Config {
             log: LogConfig::default(),
             data_dir: data_dir.into(),
             consumer: "muster-projections".to_string(),
-            sync: false,
+            commit: follow::Commit::Buffered,
             ack_wait: Duration::from_secs(60),
         }
     }
@@ -167,7 +168,7 @@ pub async fn start(
     }
     let db = Arc::new(db);
     let position = db.position()?;
-    let (client, stream) =
+    let (_client, stream) =
         muster_log::open(&config.nats_url, "muster-projections", &config.log).await?;
     let consumer = LogConsumer::durable_from(
         &stream,
@@ -184,8 +185,7 @@ pub async fn start(
         Arc::clone(&db),
         consumer,
         applied_tx,
-        config.sync,
-        client,
+        config.commit,
         shutdown,
     ));
     let projections = Projections {
@@ -200,8 +200,7 @@ async fn follow(
     db: Arc<Db>,
     mut consumer: LogConsumer,
     applied: watch::Sender<u64>,
-    sync: bool,
-    _client: async_nats::Client,
+    commit: follow::Commit,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectionsError> {
     tokio::pin!(shutdown);
@@ -212,22 +211,14 @@ async fn follow(
         };
         let Some(mut batch) = batch else { break };
         let items = follow::items(&mut batch);
-        let commit = if sync {
-            follow::Commit::Synced
-        } else {
-            follow::Commit::Buffered
-        };
         let report = follow::fold_batch_blocking(&db, items, commit).await?;
         if let Some(last) = batch.last()
             && let Err(e) = last.ack_through().await
         {
             tracing::warn!(seq = last.seq, error = %e, "ack failed; the batch will be delivered again and skipped");
         }
-        applied.send_if_modified(|p| {
-            let moved = report.last_seq > *p;
-            *p = (*p).max(report.last_seq);
-            moved
-        });
+        // Deliveries come in stream order from the stored position on: it only moves forward.
+        applied.send_replace(report.last_seq);
     }
     tracing::info!(position = *applied.borrow(), "projections stopped");
     Ok(())
