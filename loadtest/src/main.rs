@@ -8,14 +8,11 @@
 //!   with the optimum certified independently.
 //! - `projections`: rebuild throughput against raw JetStream consume of the same log, and query
 //!   latency under concurrent readers while intake ingests.
-
-mod intake;
-mod matcher;
-mod pandemic;
-mod projections;
-mod stats;
+//! - `surge`: a whole surge through `muster up`'s public API, with volunteers who answer, and a
+//!   report (Markdown, JSON, SVG) a planner can read.
 
 use clap::{Parser, Subcommand};
+use muster_loadtest::{intake, matcher, projections, surge};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,15 +32,8 @@ enum Command {
     Matcher(matcher::Args),
     /// Projection rebuild throughput against raw consume, and query latency under ingest.
     Projections(projections::Args),
-}
-
-/// Starts the nats-server `bin` (default: the pinned install) with its store in `dir`.
-async fn start_nats(
-    bin: Option<&std::path::PathBuf>,
-    dir: std::path::PathBuf,
-) -> anyhow::Result<muster_natsd::NatsServer> {
-    let bin = bin.cloned().unwrap_or_else(muster_natsd::default_binary);
-    Ok(muster_natsd::NatsServer::start(muster_natsd::NodeConfig::new(bin, dir)).await?)
+    /// A surge (flood, pandemic or hosting) driven through the public gRPC API, with a report.
+    Surge(surge::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             Command::Intake(args) => intake::run(args).await,
             Command::Matcher(args) => matcher::run(args),
             Command::Projections(args) => projections::run(args).await,
+            Command::Surge(args) => surge::run(args).await,
         }
     })
 }

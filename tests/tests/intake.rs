@@ -630,6 +630,42 @@ async fn a_bulk_request_with_one_bad_item_stores_nothing_and_names_it() {
 }
 
 #[tokio::test]
+async fn a_bulk_request_with_every_item_bad_gets_a_readable_error_not_a_transport_failure() {
+    let (nats, _intake, mut c) = setup().await;
+    let mut bulk = bulk_of("all-bad", 1000);
+    for item in &mut bulk.items {
+        match &mut item.command {
+            Some(pb::bulk_item::Command::ReportNeed(r)) => r.partition = String::new(),
+            Some(pb::bulk_item::Command::RegisterOffer(o)) => o.partition = String::new(),
+            _ => unreachable!("bulk_of makes needs and offers"),
+        }
+    }
+    let err = c
+        .submit_bulk(req(bulk))
+        .await
+        .expect_err("every item invalid");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("invalid request: items[0].report_need.partition"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("999 more problems"),
+        "{}",
+        err.message()
+    );
+    let details = err.get_details_bad_request().expect("field violations");
+    assert_eq!(details.field_violations.len(), 50);
+    assert_eq!(
+        details.field_violations[1].field,
+        "items[1].register_offer.partition"
+    );
+    assert_eq!(log_of(&nats).await.len(), 1, "only the declaration");
+}
+
+#[tokio::test]
 async fn of_two_concurrent_updates_with_the_same_expected_version_exactly_one_wins() {
     let (nats, intake, mut c) = setup().await;
     let need = c

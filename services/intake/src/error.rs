@@ -4,6 +4,9 @@ use muster_schema::Violations;
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
+/// How many errors one status details (see [`IntakeError::many_to_status`]).
+pub const MAX_DETAILED: usize = 50;
+
 /// Why a command was not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IntakeError {
@@ -161,19 +164,26 @@ impl IntakeError {
         }
     }
 
-    /// Several errors (of bulk items) as one status, coded by the first.
+    /// Several errors (of bulk items) as one status, coded by the first. The details list the
+    /// first [`MAX_DETAILED`] errors: statuses travel in HTTP/2 headers, and a client drops a
+    /// response whose headers exceed its limit (16 KiB by default) as a protocol error, which
+    /// would hide every problem behind a transport failure.
     pub fn many_to_status(errors: &[IntakeError]) -> tonic::Status {
         let Some(first) = errors.first() else {
             return tonic::Status::internal("no error to report");
         };
         let mut details = ErrorDetails::new();
-        for e in errors {
+        for e in errors.iter().take(MAX_DETAILED) {
             e.add_details(&mut details);
         }
-        let message = if errors.len() == 1 {
-            first.to_string()
-        } else {
-            format!("{} (and {} more problems)", first, errors.len() - 1)
+        let message = match errors.len() {
+            1 => first.to_string(),
+            n if n <= MAX_DETAILED => format!("{} (and {} more problems)", first, n - 1),
+            n => format!(
+                "{} (and {} more problems; the details list the first {MAX_DETAILED})",
+                first,
+                n - 1
+            ),
         };
         tonic::Status::with_error_details(first.code(), message, details)
     }
