@@ -36,8 +36,14 @@ fn out(e: &Envelope) -> Outgoing {
     }
 }
 
-/// Appends a small incident, then the round the engine decides for it, with `tamper` applied.
+/// Appends a small incident, then the round the current engine decides for it, with `tamper`
+/// applied.
 async fn log_with_round(nats: &Nats, tamper: impl Fn(&mut Event)) {
+    log_with_round_by(nats, muster_matching::round::ENGINE, tamper).await
+}
+
+/// As [`log_with_round`], the round decided by `engine`.
+async fn log_with_round_by(nats: &Nats, engine: u16, tamper: impl Fn(&mut Event)) {
     let (client, _) = nats.log().await;
     let (appender, _) = Appender::start(client, Default::default());
     let window = TimeWindow::new(T0, T0 + 3_600_000_000).expect("valid");
@@ -98,7 +104,7 @@ async fn log_with_round(nats: &Nats, tamper: impl Fn(&mut Event)) {
         state.apply(i as u64 + 1, e);
     }
     let incident = IncidentId::parse("i", "audit").expect("valid");
-    let r = muster_matching::round(&state);
+    let r = muster_matching::round::round_with(&state, engine).expect("a known engine");
     assert_eq!(r.proposals.len(), 1);
     let decisions: Vec<Outgoing> = round_events(&state, &incident, &r)
         .into_iter()
@@ -127,6 +133,49 @@ async fn an_honest_round_is_reproduced() {
         ),
         (1, 2, 5)
     );
+}
+
+#[tokio::test]
+async fn a_round_recorded_before_engines_were_named_is_replayed_with_engine_1() {
+    let nats = Nats::start().await;
+    // What the matcher wrote before rounds named their engine: a RoundRecordedV1.
+    log_with_round_by(&nats, 1, |e| {
+        if let Event::RoundRecordedV2(r) = e {
+            *e = Event::RoundRecordedV1(RoundRecordedV1 {
+                round: r.round,
+                through_seq: r.through_seq,
+                log_time: r.log_time,
+                policy_version: r.policy_version,
+                proposed: r.proposed,
+                expired: r.expired,
+                cancelled: r.cancelled,
+                total_score: r.total_score,
+            });
+        }
+    })
+    .await;
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None);
+    assert_eq!((report.rounds_verified, report.decisions_verified), (1, 2));
+}
+
+#[tokio::test]
+async fn a_round_by_an_engine_this_build_does_not_know_is_a_divergence() {
+    let nats = Nats::start().await;
+    log_with_round(&nats, |e| {
+        if let Event::RoundRecordedV2(r) = e {
+            r.engine = 99;
+        }
+    })
+    .await;
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    let d = report.divergence.expect("an unknown engine is reported");
+    assert_eq!(d.got, "a round recorded by engine 99");
+    assert_eq!(d.seq, 3, "at the round's cut, where it would be replayed");
 }
 
 #[tokio::test]

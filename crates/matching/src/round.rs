@@ -22,9 +22,29 @@ pub struct Proposal {
     pub score: Score,
 }
 
+/// The engine that decides rounds now; every round records the engine that decided it, and the
+/// audit replays it with that one.
+///
+/// - Engine 1: each need's candidates are its best *n* providers in a round of *n* open needs
+///   (some optimal matching uses only those), which is exact but grows with the square of a
+///   surge's backlog.
+/// - Engine 2: each need starts from its best [`FIRST_LIST`] providers; after each solve, a need
+///   whose best provider left out could score more than the solver's dual bound for its row
+///   (`-u_i`, see [`solver::Solved::row_bound`]) has its list widened [`WIDEN`]-fold, until no
+///   need's excluded providers could improve the round. Exact by LP duality: the restricted
+///   solution's duals stay feasible for every excluded pair.
+pub const ENGINE: u16 = 2;
+
+/// Engine 2: how many providers a need's list starts with, and how much a list grows when the
+/// duals cannot prove the providers left out irrelevant.
+pub const FIRST_LIST: usize = 8;
+pub const WIDEN: usize = 4;
+
 /// What a round decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Round {
+    /// The engine that decided it (see [`ENGINE`]).
+    pub engine: u16,
     pub through_seq: u64,
     pub policy_version: u32,
     pub proposals: Vec<Proposal>,
@@ -141,12 +161,14 @@ pub fn evaluate(
 /// them can matter. The search visits the grid cells within reach nearest first (by a lower
 /// bound on distance) and stops once the `n`-th best score beats the best any offer in the
 /// remaining cells could score.
+///
+/// Also returns an upper bound on the score of any eligible provider left out (`None`: none was).
 fn best_providers(
     state: &State,
     need_id: &EntityId,
     need: &crate::state::Need,
     n: usize,
-) -> BTreeMap<u32, Candidate> {
+) -> (BTreeMap<u32, Candidate>, Option<i64>) {
     let policy = &state.policy;
     let spec = &need.spec;
     let min_level = need.required_level();
@@ -159,6 +181,7 @@ fn best_providers(
     cells.sort_unstable();
     let mut best: BTreeMap<u32, Candidate> = BTreeMap::new();
     let mut slots = Vec::new();
+    let mut beyond: Option<i64> = None;
     for (nearest, cell) in cells {
         if best.len() >= n.max(1) {
             let mut scores: Vec<i64> = best.values().map(|c| c.score.total).collect();
@@ -166,6 +189,8 @@ fn best_providers(
             let (_, nth, _) = scores.select_nth_unstable_by(k, |a, b| b.cmp(a));
             let bound = rules::score(spec.urgency.get(), waited, nearest, 0, policy).total;
             if *nth > bound {
+                // Nothing in this cell or the farther ones can score more than `bound`.
+                beyond = Some(bound);
                 break;
             }
         }
@@ -208,10 +233,12 @@ fn best_providers(
                     std::cmp::Reverse(*pa),
                 ))
         });
+        let dropped = ranked[n..].iter().map(|(_, c)| c.score.total).max();
+        beyond = beyond.max(dropped);
         ranked.truncate(n);
         best = ranked.into_iter().collect();
     }
-    best
+    (best, beyond)
 }
 
 /// The round's instance: open needs, and per need each provider's best eligible offer.
@@ -222,24 +249,68 @@ pub struct RoundInstance {
     candidates: Vec<Vec<(usize, Candidate)>>,
 }
 
+/// The open needs of `state`, in id order: the rows of a round.
+fn open_needs(state: &State) -> Vec<(&EntityId, &crate::state::Need)> {
+    state
+        .needs
+        .iter()
+        .filter(|(_, n)| n.status == NeedStatus::Open)
+        .collect()
+}
+
 impl RoundInstance {
+    /// Engine 1's instance: every open need with its best *n* providers (*n* open needs).
     pub fn build(state: &State) -> Self {
-        let open = state
-            .needs
-            .values()
-            .filter(|n| n.status == NeedStatus::Open)
-            .count();
-        let mut per_need: Vec<(EntityId, BTreeMap<u32, Candidate>)> = Vec::new();
-        for (need_id, need) in &state.needs {
-            if need.status != NeedStatus::Open {
-                continue;
+        let open = open_needs(state);
+        let n = open.len();
+        let per_need: Vec<(EntityId, BTreeMap<u32, Candidate>)> = open
+            .into_iter()
+            .map(|(id, need)| (*id, best_providers(state, id, need, n).0))
+            .collect();
+        Self::from_lists(state, per_need.iter().map(|(id, l)| (*id, l)))
+    }
+
+    /// Engine 2's instance and its optimum: short lists, widened where the duals ask.
+    pub fn solve_widening(state: &State) -> (Self, solver::Solution, WideningStats) {
+        let open = open_needs(state);
+        let mut size = vec![FIRST_LIST; open.len()];
+        let mut lists: Vec<(BTreeMap<u32, Candidate>, Option<i64>)> = open
+            .iter()
+            .map(|(id, need)| best_providers(state, id, need, FIRST_LIST))
+            .collect();
+        let mut stats = WideningStats::default();
+        loop {
+            stats.solves += 1;
+            let built = Self::from_lists(
+                state,
+                open.iter().zip(&lists).map(|((id, _), (l, _))| (**id, l)),
+            );
+            let solved = solver::solve_with_duals(&built.instance());
+            let mut widened = 0;
+            for (i, (id, need)) in open.iter().enumerate() {
+                if let Some(beyond) = lists[i].1
+                    && beyond > solved.row_bound(i)
+                {
+                    size[i] = size[i].saturating_mul(WIDEN);
+                    lists[i] = best_providers(state, id, need, size[i]);
+                    widened += 1;
+                }
             }
-            let best = best_providers(state, need_id, need, open);
-            per_need.push((*need_id, best));
+            stats.widened += widened;
+            if widened == 0 {
+                stats.candidates = built.candidates.iter().map(Vec::len).sum();
+                return (built, solved.solution, stats);
+            }
         }
+    }
+
+    fn from_lists<'a>(
+        state: &State,
+        per_need: impl Iterator<Item = (EntityId, &'a BTreeMap<u32, Candidate>)> + Clone,
+    ) -> Self {
         // Columns in provider-id order, so ties in the solver are broken by ids.
         let mut used: BTreeMap<&ProviderKey, u32> = BTreeMap::new();
-        for (_, best) in &per_need {
+        for (_, best) in per_need.clone() {
             for slot in best.keys() {
                 used.insert(&state.providers[*slot as usize].id, *slot);
             }
@@ -253,13 +324,12 @@ impl RoundInstance {
                 (*id).clone()
             })
             .collect();
-        let needs = per_need.iter().map(|(id, _)| *id).collect();
+        let needs = per_need.clone().map(|(id, _)| id).collect();
         let candidates = per_need
-            .into_iter()
             .map(|(_, best)| {
                 let mut row: Vec<(usize, Candidate)> = best
-                    .into_iter()
-                    .map(|(slot, c)| (column_of_slot[&slot], c))
+                    .iter()
+                    .map(|(slot, c)| (column_of_slot[slot], *c))
                     .collect();
                 row.sort_by_key(|(col, _)| *col);
                 row
@@ -309,23 +379,53 @@ impl RoundInstance {
     }
 }
 
-/// The round for `state`: an exact maximum-score assignment of open needs to providers.
-/// Needs freed by this round's expiries and cancellations are matched in the next round, once
-/// those events are on the log.
+/// How engine 2 got to its instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WideningStats {
+    /// Solves, the last of them certified.
+    pub solves: u32,
+    /// Lists widened, over all solves.
+    pub widened: u32,
+    /// Candidate pairs in the final instance.
+    pub candidates: usize,
+}
+
+/// The round for `state` by the current [`ENGINE`]: an exact maximum-score assignment of open
+/// needs to providers. Needs freed by this round's expiries and cancellations are matched in the
+/// next round, once those events are on the log.
 pub fn round(state: &State) -> Round {
-    decide(state, solver::solve)
+    round_with(state, ENGINE).expect("the current engine exists")
 }
 
-/// The same round decided first-come greedily (the baseline benchmarks compare against).
+/// The round for `state` as engine `engine` decides it (`None`: no such engine).
+pub fn round_with(state: &State, engine: u16) -> Option<Round> {
+    let (built, solution) = match engine {
+        1 => {
+            let built = RoundInstance::build(state);
+            let solution = solver::solve(&built.instance());
+            (built, solution)
+        }
+        2 => {
+            let (built, solution, _) = RoundInstance::solve_widening(state);
+            (built, solution)
+        }
+        _ => return None,
+    };
+    Some(decide(state, engine, &built, &solution))
+}
+
+/// The same round decided first-come greedily over engine 1's lists (the baseline benchmarks
+/// compare against).
 pub fn greedy_round(state: &State) -> Round {
-    decide(state, solver::greedy)
+    let built = RoundInstance::build(state);
+    let solution = solver::greedy(&built.instance());
+    decide(state, 1, &built, &solution)
 }
 
-fn decide(state: &State, solve: fn(&Instance) -> solver::Solution) -> Round {
-    let built = RoundInstance::build(state);
-    let solution = solve(&built.instance());
+fn decide(state: &State, engine: u16, built: &RoundInstance, solution: &solver::Solution) -> Round {
     let (expired, cancelled) = endings(state);
     Round {
+        engine,
         through_seq: state.through_seq,
         policy_version: state.policy_version,
         proposals: built.proposals(&solution.assigned, state.through_seq),
@@ -411,7 +511,7 @@ pub fn round_events(
     }
     out.push((
         PartitionCode::incident_wide(),
-        muster_schema::Event::RoundRecordedV1(RoundRecordedV1 {
+        muster_schema::Event::RoundRecordedV2(RoundRecordedV2 {
             round: round_id(incident, seq),
             through_seq: seq,
             log_time: state.now,
@@ -420,6 +520,7 @@ pub fn round_events(
             expired: r.expired.len() as u32,
             cancelled: r.cancelled.len() as u32,
             total_score: r.total_score,
+            engine: r.engine,
         }),
     ));
     out

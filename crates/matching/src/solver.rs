@@ -13,6 +13,12 @@
 //! sparse instances.
 //!
 //! Deterministic: integer arithmetic, rows in index order, heap ties broken by column index.
+//!
+//! Duals: with costs `c = -weight`, the potentials `u` (rows) and `v` (columns) the search keeps
+//! satisfy `c - u_i - v_j >= 0` on every edge, with equality on the matched ones, and `v_j <= 0`
+//! (potentials of columns only ever fall, and only columns that end matched move). They prove
+//! the matching optimal, and [`Solved::row_bound`] says how much a row could gain from an edge
+//! the instance left out: an edge of weight `w <= -u_i` cannot improve it, whatever its column.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -31,10 +37,34 @@ pub struct Solution {
     pub total: i64,
 }
 
+/// A solution with the duals that prove it optimal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Solved {
+    pub solution: Solution,
+    /// Row potentials `u`.
+    pub rows: Vec<i64>,
+    /// Potentials `v` of the real columns (all `<= 0`).
+    pub columns: Vec<i64>,
+}
+
+impl Solved {
+    /// The largest weight an edge of row `i` missing from the instance may have without
+    /// making the solution suboptimal (`-u_i`): any such edge has non-negative reduced cost
+    /// against every column, since every `v_j <= 0`, and a new column can take `v_j = 0`.
+    pub fn row_bound(&self, i: usize) -> i64 {
+        -self.rows[i]
+    }
+}
+
 const FREE: usize = usize::MAX;
 
 /// Solves `instance` exactly.
 pub fn solve(instance: &Instance) -> Solution {
+    solve_with_duals(instance).solution
+}
+
+/// Solves `instance` exactly, keeping the duals.
+pub fn solve_with_duals(instance: &Instance) -> Solved {
     let n = instance.rows.len();
     let m = instance.columns;
     // Columns 0..m are real; column m + i is row i's private "unmatched" column.
@@ -144,7 +174,12 @@ pub fn solve(instance: &Instance) -> Solution {
             }
         })
         .collect();
-    Solution { assigned, total }
+    v.truncate(m);
+    Solved {
+        solution: Solution { assigned, total },
+        rows: u,
+        columns: v,
+    }
 }
 
 /// The first-come greedy baseline: rows in order, each takes its best free column.
@@ -269,6 +304,60 @@ mod tests {
         #[test]
         fn the_solver_is_deterministic(inst in instances()) {
             prop_assert_eq!(solve(&inst), solve(&inst));
+        }
+
+        #[test]
+        fn the_duals_are_feasible_and_tight_on_the_matching(inst in instances()) {
+            let s = solve_with_duals(&inst);
+            for (i, row) in inst.rows.iter().enumerate() {
+                for &(j, w) in row {
+                    let reduced = -w - s.rows[i] - s.columns[j];
+                    prop_assert!(reduced >= 0, "edge ({}, {}) reduced cost {}", i, j, reduced);
+                    if s.solution.assigned[i] == Some(j) {
+                        prop_assert_eq!(reduced, 0);
+                    }
+                }
+                // The row's own "unmatched" column (cost 0) is free with potential 0 when the
+                // row is matched, so u_i <= 0; when the row takes it, u_i = -v >= 0.
+                if s.solution.assigned[i].is_some() {
+                    prop_assert!(s.rows[i] <= 0);
+                } else {
+                    prop_assert!(s.rows[i] >= 0);
+                }
+            }
+            prop_assert!(s.columns.iter().all(|&v| v <= 0));
+        }
+
+        /// Dropping edges a row's bound covers never changes the optimum: the certificate the
+        /// rounds rely on when they start from short candidate lists.
+        #[test]
+        fn edges_within_the_row_bounds_cannot_improve_a_restricted_solution(
+            inst in instances(),
+            keep in 1usize..4,
+        ) {
+            let restricted = Instance {
+                columns: inst.columns,
+                rows: inst
+                    .rows
+                    .iter()
+                    .map(|row| {
+                        let mut r = row.clone();
+                        r.sort_by_key(|&(j, w)| (std::cmp::Reverse(w), j));
+                        r.truncate(keep);
+                        r.sort_unstable();
+                        r
+                    })
+                    .collect(),
+            };
+            let s = solve_with_duals(&restricted);
+            let certified = inst.rows.iter().enumerate().all(|(i, row)| {
+                row.iter()
+                    .filter(|e| !restricted.rows[i].contains(e))
+                    .all(|&(_, w)| w <= s.row_bound(i))
+            });
+            if certified {
+                prop_assert_eq!(s.solution.total, brute_force(&inst));
+            }
         }
     }
 }

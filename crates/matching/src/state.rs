@@ -320,7 +320,10 @@ impl State {
                 self.policy = e.policy.clone();
                 self.policy_version = e.policy_version;
             }
-            Event::IncidentStoodDownV1(_) | Event::TickV1(_) | Event::RoundRecordedV1(_) => {}
+            Event::IncidentStoodDownV1(_)
+            | Event::TickV1(_)
+            | Event::RoundRecordedV1(_)
+            | Event::RoundRecordedV2(_) => {}
             Event::NeedReportedV1(e) => {
                 self.needs.entry(e.need).or_insert(Need {
                     partition: env.partition.clone(),

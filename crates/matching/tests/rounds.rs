@@ -765,6 +765,14 @@ mod properties {
                         exhaustive_optimum(&s.state),
                         "the round is optimal"
                     );
+                    let engine1 =
+                        muster_matching::round::round_with(&s.state, 1).expect("engine 1");
+                    assert_eq!(
+                        engine1.total_score, r.total_score,
+                        "both engines reach the optimum"
+                    );
+                    assert_eq!(engine1.engine, 1);
+                    assert_eq!(r.engine, muster_matching::round::ENGINE);
                     assert!(greedy_round(&s.state).total_score <= r.total_score);
                     log.push(format!("{r:?}"));
                     s.round_applied();

@@ -150,7 +150,10 @@ fn event<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Done
         | Event::AssignmentCompletedV1(_)
         | Event::AssignmentExpiredV1(_)
         | Event::AssignmentCancelledV1(_) => assignment_moved(tx, seq, env)?,
-        Event::RoundRecordedV1(r) => {
+        Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) => {
+            let Some(r) = env.event.round_record() else {
+                return refuse("not a round record".to_string());
+            };
             tx.add(
                 Cf::Counters,
                 keys::counter_key(&env.incident, counters::ROUNDS),

@@ -195,6 +195,42 @@ pub struct RoundRecordedV1 {
     pub total_score: i64,
 }
 
+/// A round, as [`RoundRecordedV1`], naming the engine that decided it: the audit replays each
+/// round with the engine it names. Engine 1 built each need's candidates from its best *n*
+/// providers in a round of *n* needs; engine 2 starts from a few and widens a need's list until
+/// the solver's duals prove nothing beyond it could improve the round. Both give an optimum;
+/// where several exist they may pick different ones. [`RoundRecordedV1`] upcasts to engine 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRecordedV2 {
+    pub round: EntityId,
+    pub through_seq: u64,
+    pub log_time: Timestamp,
+    pub policy_version: u32,
+    pub proposed: u32,
+    pub expired: u32,
+    pub cancelled: u32,
+    /// The round's optimum: the sum of the proposals' scores.
+    pub total_score: i64,
+    /// The engine version that decided the round.
+    pub engine: u16,
+}
+
+impl From<RoundRecordedV1> for RoundRecordedV2 {
+    fn from(r: RoundRecordedV1) -> Self {
+        Self {
+            round: r.round,
+            through_seq: r.through_seq,
+            log_time: r.log_time,
+            policy_version: r.policy_version,
+            proposed: r.proposed,
+            expired: r.expired,
+            cancelled: r.cancelled,
+            total_score: r.total_score,
+            engine: 1,
+        }
+    }
+}
+
 /// An assignment was not accepted within the policy's time (in log time); its need is open again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentExpiredV1 {
@@ -240,6 +276,7 @@ pub enum Event {
     RoundRecordedV1(RoundRecordedV1),
     AssignmentExpiredV1(AssignmentExpiredV1),
     AssignmentCancelledV1(AssignmentCancelledV1),
+    RoundRecordedV2(RoundRecordedV2),
 }
 
 /// The entity an event belongs to: its subject, and so its version sequence.
@@ -270,7 +307,7 @@ impl Event {
             Event::VolunteerRespondedV1(_) => "VolunteerResponded",
             Event::AssignmentCompletedV1(_) => "AssignmentCompleted",
             Event::TickV1(_) => "Tick",
-            Event::RoundRecordedV1(_) => "RoundRecorded",
+            Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) => "RoundRecorded",
             Event::AssignmentExpiredV1(_) => "AssignmentExpired",
             Event::AssignmentCancelledV1(_) => "AssignmentCancelled",
         }
@@ -296,6 +333,7 @@ impl Event {
             Event::AssignmentCompletedV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
             Event::TickV1(_) => EntityRef::Tick,
             Event::RoundRecordedV1(e) => EntityRef::Entity(K::Round, e.round),
+            Event::RoundRecordedV2(e) => EntityRef::Entity(K::Round, e.round),
             Event::AssignmentExpiredV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
             Event::AssignmentCancelledV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
         }
@@ -315,10 +353,21 @@ impl Event {
         )
     }
 
-    /// Rewrites an old event version into the current one. Every version is current today;
-    /// when `NeedReportedV2` is added, `NeedReportedV1` is turned into it here, so consumers
-    /// only ever see the newest version of each event.
+    /// A round record of any version, as the current version.
+    pub fn round_record(&self) -> Option<RoundRecordedV2> {
+        match self {
+            Event::RoundRecordedV1(r) => Some(r.clone().into()),
+            Event::RoundRecordedV2(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// Rewrites an old event version into the current one, so consumers only ever see the
+    /// newest version of each event: `RoundRecordedV1` becomes `RoundRecordedV2` of engine 1.
     pub fn upcast(self) -> Event {
-        self
+        match self {
+            Event::RoundRecordedV1(r) => Event::RoundRecordedV2(r.into()),
+            e => e,
+        }
     }
 }

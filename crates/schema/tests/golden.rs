@@ -289,6 +289,23 @@ fn samples() -> Vec<(&'static str, Envelope)> {
             ),
         ),
         (
+            "RoundRecordedV2",
+            envelope(
+                "_",
+                Event::RoundRecordedV2(RoundRecordedV2 {
+                    round: id(5),
+                    through_seq: 123_456,
+                    log_time: t(1_795_000_100_000_000),
+                    policy_version: 2,
+                    proposed: 17,
+                    expired: 2,
+                    cancelled: 1,
+                    total_score: 98_765,
+                    engine: 2,
+                }),
+            ),
+        ),
+        (
             "AssignmentExpiredV1",
             envelope(
                 "E06000014",
@@ -343,6 +360,7 @@ fn every_variant_has_a_sample() {
                 Event::RoundRecordedV1(_) => "RoundRecordedV1",
                 Event::AssignmentExpiredV1(_) => "AssignmentExpiredV1",
                 Event::AssignmentCancelledV1(_) => "AssignmentCancelledV1",
+                Event::RoundRecordedV2(_) => "RoundRecordedV2",
             };
             assert_eq!(*name, expected, "sample named after its variant");
             *name
@@ -351,7 +369,7 @@ fn every_variant_has_a_sample() {
     let mut unique = names.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 18, "one sample per event version");
+    assert_eq!(unique.len(), 19, "one sample per event version");
 }
 
 #[test]
@@ -380,13 +398,38 @@ fn encodings_match_the_frozen_fixtures() {
                 hex::encode(&bytes)
             ));
         }
+        // Old versions decode as their upcast: the value today's consumers see.
+        let current = Envelope {
+            event: env.event.clone().upcast(),
+            ..env.clone()
+        };
         match Envelope::decode(&frozen) {
-            Ok(decoded) if decoded == env => {}
+            Ok(decoded) if decoded == current => {}
             Ok(decoded) => failures.push(format!("{name}: fixture decodes to {decoded:?}")),
             Err(e) => failures.push(format!("{name}: fixture no longer decodes: {e}")),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_round_recorded_before_engines_were_named_reads_as_engine_1() {
+    let frozen = std::fs::read_to_string(fixture_path("RoundRecordedV1")).expect("fixture");
+    let decoded = Envelope::decode(&hex::decode(frozen.trim()).expect("hex")).expect("decodes");
+    assert_eq!(
+        decoded.event,
+        Event::RoundRecordedV2(RoundRecordedV2 {
+            round: id(5),
+            through_seq: 123_456,
+            log_time: t(1_795_000_100_000_000),
+            policy_version: 2,
+            proposed: 17,
+            expired: 2,
+            cancelled: 1,
+            total_score: 98_765,
+            engine: 1,
+        })
+    );
 }
 
 #[test]

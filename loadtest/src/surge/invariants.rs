@@ -194,7 +194,12 @@ pub fn check(
                     c.revoked.get_or_insert(seq);
                 }
             }
-            Event::RoundRecordedV1(r) => round = Some((r.through_seq, r.log_time)),
+            Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) => {
+                round = env
+                    .event
+                    .round_record()
+                    .map(|r| (r.through_seq, r.log_time));
+            }
             Event::AssignmentProposedV1(p) => {
                 capacity.checked += 1;
                 single.checked += 1;

@@ -6,11 +6,11 @@
 //! it, computing each round's expected events right after applying event S and comparing them
 //! with the matcher's events as they come. It reports the first divergence.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use muster_log::{LogConfig, LogConsumer};
-use muster_matching::round::round_events;
-use muster_matching::{State, round};
+use muster_matching::State;
+use muster_matching::round::{ENGINE, round_events, round_with};
 use muster_schema::{Event, IncidentId, subject};
 
 use crate::MatcherError;
@@ -40,6 +40,7 @@ fn round_of(event: &Event) -> Option<u64> {
         Event::AssignmentExpiredV1(e) => Some(e.round_through_seq),
         Event::AssignmentCancelledV1(e) => Some(e.round_through_seq),
         Event::RoundRecordedV1(e) => Some(e.through_seq),
+        Event::RoundRecordedV2(e) => Some(e.through_seq),
         _ => None,
     }
 }
@@ -83,12 +84,12 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
         return Ok(report);
     }
 
-    // Pass 1: which rounds were recorded.
-    let mut recorded: BTreeSet<(IncidentId, u64)> = BTreeSet::new();
+    // Pass 1: which rounds were recorded, each with the engine that decided it.
+    let mut recorded: BTreeMap<(IncidentId, u64), u16> = BTreeMap::new();
     let mut ignored = 0;
     scan(&stream, end, &mut ignored, |_, env| {
-        if let Event::RoundRecordedV1(r) = &env.event {
-            recorded.insert((env.incident.clone(), r.through_seq));
+        if let Some(r) = env.event.round_record() {
+            recorded.insert((env.incident.clone(), r.through_seq), r.engine);
         }
         true
     })
@@ -113,7 +114,7 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
                     return false;
                 }
                 None => {
-                    let expected = if recorded.contains(&key(s)) {
+                    let expected = if recorded.contains_key(&key(s)) {
                         "nothing more in this round".to_string()
                     } else {
                         format!("no decision: no round was recorded at {s}")
@@ -122,14 +123,21 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
                     return false;
                 }
             }
-            if matches!(env.event, Event::RoundRecordedV1(_)) {
+            if env.event.round_record().is_some() {
                 report.rounds_verified += 1;
             }
         }
         let state = states.entry(env.incident.clone()).or_default();
         state.apply(seq, &env);
-        if recorded.contains(&key(seq)) {
-            let r = round(state);
+        if let Some(&engine) = recorded.get(&key(seq)) {
+            let Some(r) = round_with(state, engine) else {
+                report.divergence = Some(Divergence {
+                    seq,
+                    expected: format!("a round by an engine this build knows (1..={ENGINE})"),
+                    got: format!("a round recorded by engine {engine}"),
+                });
+                return false;
+            };
             let predicted = round_events(state, &env.incident, &r)
                 .into_iter()
                 .map(|(_, e)| e)
@@ -193,11 +201,16 @@ pub async fn export_round(
         muster_schema::ids::EntityKind::Round,
         &round_id(incident, through_seq),
     );
-    let recorded = reader
+    // The engine that decided the recorded round (the current one if none was recorded).
+    let record = reader
         .last(&record_subject)
         .await
-        .map_err(|e| MatcherError::Info(e.to_string()))?
-        .is_some();
+        .map_err(|e| MatcherError::Info(e.to_string()))?;
+    let recorded = record.is_some();
+    let engine = record
+        .and_then(|m| muster_schema::Envelope::decode(&m.payload).ok())
+        .and_then(|env| env.event.round_record())
+        .map_or(ENGINE, |r| r.engine);
 
     let score_json = |s: &muster_matching::rules::Score| json!({"total": s.total, "urgency": s.urgency, "waiting": s.waiting, "distance": s.distance, "fairness": s.fairness});
     let needs: Vec<serde_json::Value> = state
@@ -231,7 +244,11 @@ pub async fn export_round(
             })
         })
         .collect();
-    let r = round(&state);
+    let r = round_with(&state, engine).ok_or_else(|| {
+        MatcherError::Info(format!(
+            "round {through_seq} was decided by engine {engine}, which this build does not know"
+        ))
+    })?;
     let chosen: Vec<serde_json::Value> = r
         .proposals
         .iter()
@@ -244,6 +261,7 @@ pub async fn export_round(
         "policy_version": state.policy_version,
         "policy": format!("{:?}", state.policy),
         "recorded": recorded,
+        "engine": engine,
         "model": "each provider takes at most one new assignment per round, through its best eligible offer; maximise the total score",
         "needs": needs,
         "assignment": chosen,

@@ -97,6 +97,7 @@ fn is_decision(event: &Event) -> bool {
             | Event::AssignmentExpiredV1(_)
             | Event::AssignmentCancelledV1(_)
             | Event::RoundRecordedV1(_)
+            | Event::RoundRecordedV2(_)
     )
 }
 
@@ -211,15 +212,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             });
         inc.last_heard = std::time::Instant::now();
         inc.state.apply(d.seq, &env);
-        match &env.event {
-            Event::RoundRecordedV1(r) => {
+        match env.event.round_record() {
+            Some(r) => {
                 if inc.awaiting == Some(r.through_seq) {
                     inc.awaiting = None;
                 }
                 inc.last_round = inc.last_round.max(r.through_seq);
             }
-            e if is_decision(e) => {}
-            e => {
+            None if is_decision(&env.event) => {}
+            None => {
+                let e = &env.event;
                 inc.stood_down |= matches!(e, Event::IncidentStoodDownV1(_));
                 inc.last_input = d.seq;
                 inc.since_cut += 1;
