@@ -168,12 +168,14 @@ fn best_providers(
     need_id: &EntityId,
     need: &crate::state::Need,
     n: usize,
+    search: Search,
 ) -> (BTreeMap<u32, Candidate>, Option<i64>) {
     let policy = &state.policy;
     let spec = &need.spec;
     let min_level = need.required_level();
     let waited = need.waited_us(state.now);
     let reach = policy.max_radius_m.min(state.index.max_radius_m());
+    let n = n.max(1);
     let mut cells: Vec<(u32, (i32, i32))> = geo::cells_within(&spec.location, reach)
         .map(|c| (geo::min_distance_to_cell_m(&spec.location, c), c))
         .filter(|(d, _)| *d <= reach)
@@ -182,15 +184,19 @@ fn best_providers(
     let mut best: BTreeMap<u32, Candidate> = BTreeMap::new();
     let mut slots = Vec::new();
     let mut beyond: Option<i64> = None;
+    // The n-th best score found so far (it only rises as the search goes on).
+    let mut nth: Option<i64> = None;
+    // Scores are at most this at distance `d` (fairness at its best).
+    let ceiling = |d: u32| rules::score(spec.urgency.get(), waited, d, 0, policy).total;
     for (nearest, cell) in cells {
-        if best.len() >= n.max(1) {
+        if best.len() >= n {
             let mut scores: Vec<i64> = best.values().map(|c| c.score.total).collect();
-            let k = n.max(1) - 1;
-            let (_, nth, _) = scores.select_nth_unstable_by(k, |a, b| b.cmp(a));
-            let bound = rules::score(spec.urgency.get(), waited, nearest, 0, policy).total;
-            if *nth > bound {
+            let (_, kth, _) = scores.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
+            nth = Some(*kth);
+            let bound = ceiling(nearest);
+            if *kth > bound {
                 // Nothing in this cell or the farther ones can score more than `bound`.
-                beyond = Some(bound);
+                beyond = beyond.max(Some(bound));
                 break;
             }
         }
@@ -199,6 +205,18 @@ fn best_providers(
             .index
             .in_cell(spec.category, min_level, cell, &mut slots);
         for &slot in &slots {
+            if search == Search::Lean
+                && let Some(kth) = nth
+            {
+                // An offer that cannot reach the n-th best score is left out unjudged; its
+                // ceiling still bounds what was left out.
+                let d = geo::distance_m(&spec.location, &state.offers[slot as usize].spec.location);
+                let c = ceiling(d);
+                if c < kth {
+                    beyond = beyond.max(Some(c));
+                    continue;
+                }
+            }
             let Some(Ok((distance_m, score))) = judge(state, need_id, need, slot, waited) else {
                 continue;
             };
@@ -218,27 +236,47 @@ fn best_providers(
                 })
                 .or_insert(candidate);
         }
+        if search == Search::Lean && best.len() > 2 * n + 16 {
+            keep_best(&mut best, n, &mut beyond);
+        }
     }
-    if best.len() > n {
-        let mut ranked: Vec<(u32, Candidate)> = best.into_iter().collect();
-        ranked.sort_by(|(pa, a), (pb, b)| {
-            (
-                b.score.total,
-                std::cmp::Reverse(b.offer),
-                std::cmp::Reverse(*pb),
-            )
-                .cmp(&(
-                    a.score.total,
-                    std::cmp::Reverse(a.offer),
-                    std::cmp::Reverse(*pa),
-                ))
-        });
-        let dropped = ranked[n..].iter().map(|(_, c)| c.score.total).max();
-        beyond = beyond.max(dropped);
-        ranked.truncate(n);
-        best = ranked.into_iter().collect();
-    }
+    keep_best(&mut best, n, &mut beyond);
     (best, beyond)
+}
+
+/// How [`best_providers`] searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    /// Engine 1: judge every offer until the cell bound stops the search.
+    Full,
+    /// Engine 2: also leave out unjudged the offers whose distance alone keeps them below the
+    /// n-th best score, and prune the list to the best n as it grows.
+    Lean,
+}
+
+/// Keeps the best `n` candidates (ties: smaller offer id, then provider slot); the best score
+/// dropped raises `beyond`.
+fn keep_best(best: &mut BTreeMap<u32, Candidate>, n: usize, beyond: &mut Option<i64>) {
+    if best.len() <= n {
+        return;
+    }
+    let mut ranked: Vec<(u32, Candidate)> = std::mem::take(best).into_iter().collect();
+    ranked.sort_by(|(pa, a), (pb, b)| {
+        (
+            b.score.total,
+            std::cmp::Reverse(b.offer),
+            std::cmp::Reverse(*pb),
+        )
+            .cmp(&(
+                a.score.total,
+                std::cmp::Reverse(a.offer),
+                std::cmp::Reverse(*pa),
+            ))
+    });
+    let dropped = ranked[n..].iter().map(|(_, c)| c.score.total).max();
+    *beyond = (*beyond).max(dropped);
+    ranked.truncate(n);
+    *best = ranked.into_iter().collect();
 }
 
 /// The round's instance: open needs, and per need each provider's best eligible offer.
@@ -265,7 +303,7 @@ impl RoundInstance {
         let n = open.len();
         let per_need: Vec<(EntityId, BTreeMap<u32, Candidate>)> = open
             .into_iter()
-            .map(|(id, need)| (*id, best_providers(state, id, need, n).0))
+            .map(|(id, need)| (*id, best_providers(state, id, need, n, Search::Full).0))
             .collect();
         Self::from_lists(state, per_need.iter().map(|(id, l)| (*id, l)))
     }
@@ -276,7 +314,7 @@ impl RoundInstance {
         let mut size = vec![FIRST_LIST; open.len()];
         let mut lists: Vec<(BTreeMap<u32, Candidate>, Option<i64>)> = open
             .iter()
-            .map(|(id, need)| best_providers(state, id, need, FIRST_LIST))
+            .map(|(id, need)| best_providers(state, id, need, FIRST_LIST, Search::Lean))
             .collect();
         let mut stats = WideningStats::default();
         loop {
@@ -292,7 +330,7 @@ impl RoundInstance {
                     && beyond > solved.row_bound(i)
                 {
                     size[i] = size[i].saturating_mul(WIDEN);
-                    lists[i] = best_providers(state, id, need, size[i]);
+                    lists[i] = best_providers(state, id, need, size[i], Search::Lean);
                     widened += 1;
                 }
             }
