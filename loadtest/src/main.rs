@@ -34,6 +34,14 @@ enum Command {
     Projections(projections::Args),
     /// A surge (flood, pandemic or hosting) driven through the public gRPC API, with a report.
     Surge(surge::Args),
+    /// Writes a surge's report (Markdown and SVG charts) again from its JSON.
+    SurgeReport {
+        /// The report's JSON (`surge-report/<scenario>.json`).
+        json: std::path::PathBuf,
+        /// Where to write it.
+        #[arg(long, default_value = "surge-report")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +55,13 @@ fn main() -> anyhow::Result<()> {
             Command::Matcher(args) => matcher::run(args),
             Command::Projections(args) => projections::run(args).await,
             Command::Surge(args) => surge::run(args).await,
+            Command::SurgeReport { json, out } => {
+                let report: surge::Report = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
+                for f in report.write(&out)? {
+                    println!("{f}");
+                }
+                Ok(())
+            }
         }
     })
 }

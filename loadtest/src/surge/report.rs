@@ -573,10 +573,10 @@ impl Report {
     }
 }
 
-const W: f64 = 720.0;
+const W: f64 = 760.0;
 const H: f64 = 360.0;
 const LEFT: f64 = 70.0;
-const RIGHT: f64 = 160.0;
+const RIGHT: f64 = 190.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 
