@@ -2,6 +2,7 @@
 //! propose. Depends on nothing but the state, so replaying the log reproduces it exactly.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use muster_schema::EntityId;
 use muster_schema::events::CancelReason;
@@ -310,14 +311,30 @@ impl RoundInstance {
 
     /// Engine 2's instance and its optimum: short lists, widened where the duals ask.
     pub fn solve_widening(state: &State) -> (Self, solver::Solution, WideningStats) {
+        Self::solve_widening_until(state, &AtomicBool::new(false))
+            .expect("a flag nobody else holds is never set")
+    }
+
+    /// As [`RoundInstance::solve_widening`], giving up (`None`) once `cancel` is set.
+    pub fn solve_widening_until(
+        state: &State,
+        cancel: &AtomicBool,
+    ) -> Option<(Self, solver::Solution, WideningStats)> {
+        let cancelled = || cancel.load(Ordering::Relaxed);
         let open = open_needs(state);
         let mut size = vec![FIRST_LIST; open.len()];
-        let mut lists: Vec<(BTreeMap<u32, Candidate>, Option<i64>)> = open
-            .iter()
-            .map(|(id, need)| best_providers(state, id, need, FIRST_LIST, Search::Lean))
-            .collect();
+        let mut lists: Vec<(BTreeMap<u32, Candidate>, Option<i64>)> = Vec::new();
+        for (id, need) in &open {
+            if cancelled() {
+                return None;
+            }
+            lists.push(best_providers(state, id, need, FIRST_LIST, Search::Lean));
+        }
         let mut stats = WideningStats::default();
         loop {
+            if cancelled() {
+                return None;
+            }
             stats.solves += 1;
             let built = Self::from_lists(
                 state,
@@ -329,6 +346,9 @@ impl RoundInstance {
                 if let Some(beyond) = lists[i].1
                     && beyond > solved.row_bound(i)
                 {
+                    if cancelled() {
+                        return None;
+                    }
                     size[i] = size[i].saturating_mul(WIDEN);
                     lists[i] = best_providers(state, id, need, size[i], Search::Lean);
                     widened += 1;
@@ -337,7 +357,7 @@ impl RoundInstance {
             stats.widened += widened;
             if widened == 0 {
                 stats.candidates = built.candidates.iter().map(Vec::len).sum();
-                return (built, solved.solution, stats);
+                return Some((built, solved.solution, stats));
             }
         }
     }
@@ -433,6 +453,13 @@ pub struct WideningStats {
 /// next round, once those events are on the log.
 pub fn round(state: &State) -> Round {
     round_with(state, ENGINE).expect("the current engine exists")
+}
+
+/// The round for `state` by the current [`ENGINE`], or `None` as soon as `cancel` is set: a
+/// service that stops in the middle of a long round gives it up and appends nothing.
+pub fn round_until(state: &State, cancel: &AtomicBool) -> Option<Round> {
+    let (built, solution, _) = RoundInstance::solve_widening_until(state, cancel)?;
+    Some(decide(state, ENGINE, &built, &solution))
 }
 
 /// The round for `state` as engine `engine` decides it (`None`: no such engine).

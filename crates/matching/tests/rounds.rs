@@ -350,6 +350,20 @@ fn capacity_must_cover_the_party_and_is_never_exceeded() {
 }
 
 #[test]
+fn a_round_is_given_up_once_asked_and_otherwise_decided_as_usual() {
+    use std::sync::atomic::AtomicBool;
+    let mut s = Scenario::new();
+    s.need("n1", need(3)).offer("o1", "vol-a", offer());
+    let go_on = AtomicBool::new(false);
+    assert_eq!(
+        muster_matching::round::round_until(&s.state, &go_on),
+        Some(round(&s.state))
+    );
+    let stop = AtomicBool::new(true);
+    assert_eq!(muster_matching::round::round_until(&s.state, &stop), None);
+}
+
+#[test]
 fn a_volunteer_who_declined_a_need_is_not_proposed_for_it_again() {
     let mut s = Scenario::new();
     s.need("n1", need(3)).offer("o1", "vol-a", offer());

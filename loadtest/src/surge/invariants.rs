@@ -117,6 +117,8 @@ pub fn check(
 
     let mut max_concurrent = u32::MAX;
     let mut needs: BTreeMap<EntityId, (NeedSpecV1, Status)> = BTreeMap::new();
+    // When each need last became open (reported, or released by a decline, expiry or cancel).
+    let mut opened: HashMap<EntityId, u64> = HashMap::new();
     // Each offer's capacity over time: (from sequence, capacity).
     let mut offers: HashMap<EntityId, Vec<(u64, u32)>> = HashMap::new();
     let mut checks: HashMap<EntityId, Check> = HashMap::new();
@@ -149,6 +151,7 @@ pub fn check(
             Event::PolicyChangedV1(e) => max_concurrent = e.policy.max_concurrent_per_volunteer,
             Event::NeedReportedV1(e) => {
                 needs.insert(e.need, (e.spec.clone(), Status::Open));
+                opened.insert(e.need, seq);
             }
             Event::NeedUpdatedV1(e) => {
                 if let Some(n) = needs.get_mut(&e.need) {
@@ -300,6 +303,7 @@ pub fn check(
                         declined.insert((l.need, l.provider));
                         if let Some(n) = needs.get_mut(&l.need) {
                             n.1 = Status::Open;
+                            opened.insert(l.need, seq);
                         }
                     }
                 }
@@ -328,12 +332,16 @@ pub fn check(
                     && n.1 != Status::Withdrawn
                 {
                     n.1 = Status::Open;
+                    opened.insert(l.need, seq);
                 }
             }
             _ => {}
         }
     }
 
+    // A need that opened after the last round's cut has not been before a round yet.
+    let last_cut = round.map_or(0, |r| r.0);
+    let mut awaiting = 0u64;
     let mut matched = 0u64;
     let mut designed_unmatchable = 0u64;
     for (id, (_, status)) in &needs {
@@ -348,7 +356,11 @@ pub fn check(
             }
             Some(None) => match status {
                 Status::Proposed | Status::Accepted | Status::Completed => matched += 1,
-                s => matching.fail(format!("matchable need {id} ended {s:?}")),
+                Status::Open if opened.get(id).is_some_and(|&at| at > last_cut) => awaiting += 1,
+                s => matching.fail(format!(
+                    "matchable need {id} ended {s:?}, open since {} (the last round's cut: {last_cut})",
+                    opened.get(id).copied().unwrap_or(0)
+                )),
             },
         }
     }
@@ -380,7 +392,7 @@ pub fn check(
         matching.finish(
             "every matchable need matched",
             format!(
-                "{matched} matchable needs held by a volunteer (proposed, accepted or done); {designed_unmatchable} unmatchable by design, none proposed"
+                "{matched} matchable needs held by a volunteer (proposed, accepted or done), {awaiting} released after the last round's cut; {designed_unmatchable} unmatchable by design, none proposed"
             ),
         ),
     ]
@@ -727,6 +739,28 @@ mod tests {
         let v = verdict(&got, "every matchable need matched");
         assert!(!v.held);
         assert!(v.detail.contains("2 violations"), "{}", v.detail);
+    }
+
+    #[test]
+    fn a_need_released_after_the_last_cut_awaits_the_next_round_but_one_a_round_saw_does_not() {
+        // Declined after the last round: no round has considered it since.
+        let mut log = Log::new();
+        log.offer("o1", "ann", 4)
+            .need("n1", 1, vec![])
+            .propose("a1", "n1", "o1", "ann")
+            .respond("a1", Response::Decline);
+        let got = check(&log.events, &design(&[("n1", None)]));
+        let v = verdict(&got, "every matchable need matched");
+        assert!(v.held, "{v:?}");
+        assert!(
+            v.detail.contains("1 released after the last round's cut"),
+            "{}",
+            v.detail
+        );
+        // A later round was cut with the need open and did not match it.
+        log.round();
+        let got = check(&log.events, &design(&[("n1", None)]));
+        assert!(!verdict(&got, "every matchable need matched").held);
     }
 
     #[test]

@@ -12,11 +12,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use muster_log::{AppendError, Appender, AppenderConfig, Expect, LogConfig, LogConsumer, Outgoing};
-use muster_matching::round::round_events;
-use muster_matching::{State, round};
+use muster_matching::State;
+use muster_matching::round::{round_events, round_until};
 use muster_schema::{AgencyId, ENVELOPE_VERSION, EntityId, Envelope, Event, IncidentId, subject};
 
 use crate::MatcherError;
@@ -111,8 +113,33 @@ pub fn decision_msg_id(incident: &IncidentId, through_seq: u64, i: usize) -> Str
     format!("muster-matcher:{incident}:{through_seq}#{i}")
 }
 
-/// Runs the matcher until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), MatcherError> {
+/// Runs the matcher until `shutdown` resolves. A round in progress then is given up (nothing of
+/// it is appended; the next start cuts it again), so a stop never waits for a long round.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MatcherError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (stopping, mut stop) = tokio::sync::watch::channel(false);
+    // A task of its own: rounds run on this one and do not poll anything while they do.
+    let watcher = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            cancel.store(true, Ordering::Relaxed);
+            let _ = stopping.send(true);
+        })
+    };
+    let result = run_until(config, &cancel, &mut stop).await;
+    watcher.abort();
+    result
+}
+
+async fn run_until(
+    config: Config,
+    cancel: &AtomicBool,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), MatcherError> {
     let (client, mut stream) =
         crate::open_log(&config.nats_url, "muster-matcher", &config.log).await?;
     let history_ends = crate::last_sequence(&mut stream).await?;
@@ -152,7 +179,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut set_aside = 0u64;
     let mut since_snapshot = 0u64;
     tracing::info!(from = folded + 1, history_ends, "matcher folding the log");
-    tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(config.tick_every.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Live from the start when there is no history left to fold (an empty log, or a snapshot
@@ -161,13 +187,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if live {
         for inc in incidents.values_mut() {
             if inc.dirty() && !inc.stood_down {
-                cut(inc, &appender).await?;
+                cut(inc, &appender, cancel).await?;
             }
         }
     }
     let result = loop {
         let delivered = tokio::select! {
-            () = &mut shutdown => break Ok(()),
+            _ = stop.changed() => break Ok(()),
             _ = ticker.tick(), if live => {
                 for inc in incidents.values_mut().filter(|i| i.tick_due(config.tick_every)) {
                     tick(inc, &appender).await;
@@ -247,7 +273,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 && inc.dirty()
                 && inc.awaiting.is_none()
                 && !inc.stood_down
-                && let Err(e) = cut(inc, &appender).await
+                && let Err(e) = cut(inc, &appender, cancel).await
             {
                 failure = Some(e);
                 break;
@@ -338,8 +364,15 @@ async fn tick(inc: &mut Incident, appender: &Appender) {
 }
 
 /// Cuts a round of `inc` and appends it (the round's events come back through the log).
-async fn cut(inc: &mut Incident, appender: &Appender) -> Result<(), MatcherError> {
-    let r = round(&inc.state);
+async fn cut(
+    inc: &mut Incident,
+    appender: &Appender,
+    cancel: &AtomicBool,
+) -> Result<(), MatcherError> {
+    let Some(r) = round_until(&inc.state, cancel) else {
+        tracing::info!(incident = %inc.id, "round given up: stopping");
+        return Ok(());
+    };
     inc.since_cut = 0;
     inc.last_round = r.through_seq;
     if r.is_empty() {
