@@ -269,8 +269,10 @@ impl Tracker {
 
 type Shared = Arc<Mutex<Tracker>>;
 
-fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Tracker> {
-    t.lock().unwrap_or_else(|e| e.into_inner())
+/// Locks what the run's tasks share; a task that panicked holding it leaves data still worth
+/// reporting.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn connect(grpc: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
@@ -650,7 +652,7 @@ async fn report_needs(
                         t.need_acked(x, id, seq);
                         let scheduled = t.needs[x].scheduled;
                         let since_due = t.now().saturating_sub(scheduled).max(took);
-                        lock_hist(&latency).saturating_record(since_due.as_micros() as u64);
+                        lock(&latency).saturating_record(since_due.as_micros() as u64);
                     }
                 }
                 Err(e) => t.error(format!("reporting needs from {first}: {e}")),
@@ -661,16 +663,12 @@ async fn report_needs(
     while tasks.join_next().await.is_some() {}
     let seconds = (start.elapsed() - phase_start).as_secs_f64();
     let acked = lock(tracker).by_id.len() as u64;
-    let ack_latency = lock_hist(&latency).clone();
+    let ack_latency = lock(&latency).clone();
     SurgePhase {
         seconds,
         acked,
         ack_latency,
     }
-}
-
-fn lock_hist(h: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> {
-    h.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Samples the projections' lag every second and prints progress.
@@ -954,8 +952,9 @@ async fn projections_hold(
             "dashboard counts {offers} offers, {offers_acked} acknowledged"
         ));
     }
+    let count = detail.len() + problems.len();
     detail.extend(problems.iter().take(5).cloned());
-    let held = detail.is_empty();
+    let held = count == 0;
     Ok(Invariant {
         name: "no acknowledged event missing from the projections".into(),
         held,
@@ -966,11 +965,7 @@ async fn projections_hold(
                 dashboard.applied_sequence
             )
         } else {
-            format!(
-                "{} problems: {}",
-                detail.len() + problems.len().saturating_sub(5),
-                detail.join("; ")
-            )
+            format!("{count} problems, first: {}", detail.join("; "))
         },
     })
 }

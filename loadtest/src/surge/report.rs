@@ -151,10 +151,6 @@ pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
-fn hist() -> Histogram<u64> {
-    histogram()
-}
-
 pub(crate) fn build(
     config: &Config,
     plan: &scenario::Plan,
@@ -163,19 +159,21 @@ pub(crate) fn build(
     dashboard: &pb::Dashboard,
     invariants: Vec<Invariant>,
 ) -> Report {
-    let mut e2e = hist();
-    let mut lag = hist();
+    let mut e2e = histogram();
+    let mut lag = histogram();
     let mut by_second: std::collections::BTreeMap<u64, Histogram<u64>> = Default::default();
     let mut by_urgency: std::collections::BTreeMap<u32, (u64, Histogram<u64>)> = Default::default();
     for n in &t.needs {
-        let entry = by_urgency.entry(n.urgency).or_insert_with(|| (0, hist()));
+        let entry = by_urgency
+            .entry(n.urgency)
+            .or_insert_with(|| (0, histogram()));
         entry.0 += 1;
         if let Some(p) = n.proposed {
             let total = p.saturating_sub(n.scheduled).as_micros() as u64;
             e2e.saturating_record(total);
             by_second
                 .entry(n.scheduled.as_secs())
-                .or_insert_with(hist)
+                .or_insert_with(histogram)
                 .saturating_record(total);
             if let Some(a) = n.acked {
                 let l = p.saturating_sub(a).as_micros() as u64;
