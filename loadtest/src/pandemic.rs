@@ -10,8 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use muster_matching::State;
 use muster_matching::round::round_events;
-use muster_matching::{State, round};
+use muster_matching::round::{LATEST_ENGINE, WideningStats, round_with, round_with_stats};
 use muster_schema::events::*;
 use muster_schema::*;
 
@@ -160,8 +161,8 @@ struct Outcome {
     events: u64,
     apply: Duration,
     round_us: Histogram<u64>,
-    /// (open needs considered, microseconds) of every round.
-    rounds: Vec<(usize, u64)>,
+    /// (open needs considered, microseconds, how the engine got there) of every round.
+    rounds: Vec<(usize, u64, Option<WideningStats>)>,
     hash: EntityId,
     matched_after_us: BTreeMap<u8, Histogram<u64>>,
     tasks: Vec<u64>,
@@ -169,7 +170,7 @@ struct Outcome {
     matched: usize,
 }
 
-fn replay(inputs: &[(i64, Event)]) -> Outcome {
+fn replay(inputs: &[(i64, Event)], engine: u16) -> Outcome {
     let incident = IncidentId::parse("i", "pandemic").expect("valid");
     let mut state = State::default();
     let mut seq = 0u64;
@@ -235,10 +236,18 @@ fn replay(inputs: &[(i64, Event)]) -> Outcome {
             .filter(|n| n.status == muster_matching::state::NeedStatus::Open)
             .count();
         let t = Instant::now();
-        let r = round(&state);
+        let (r, stats) = if engine >= 2 {
+            let (r, stats) = round_with_stats(&state, engine).expect("an engine checked by run");
+            (r, Some(stats))
+        } else {
+            (
+                round_with(&state, engine).expect("an engine checked by run"),
+                None,
+            )
+        };
         let us = t.elapsed().as_micros() as u64;
         let _ = round_us.record(us.max(1));
-        rounds.push((open, us));
+        rounds.push((open, us, stats));
         let decided = round_events(&state, &incident, &r);
         for (_, e) in &decided {
             hash_input.extend_from_slice(format!("{e:?}").as_bytes());
@@ -288,7 +297,10 @@ fn replay(inputs: &[(i64, Event)]) -> Outcome {
     }
 }
 
-pub fn run(scale: f64, seed: u64) {
+pub fn run(scale: f64, seed: u64, engine: u16) -> anyhow::Result<()> {
+    if round_with(&State::default(), engine).is_none() {
+        anyhow::bail!("no engine {engine}: this build knows 1..={LATEST_ENGINE}");
+    }
     let t = Instant::now();
     let inputs = inputs(scale, seed);
     println!(
@@ -296,8 +308,9 @@ pub fn run(scale: f64, seed: u64) {
         inputs.len(),
         t.elapsed().as_secs_f64()
     );
-    let first = replay(&inputs);
-    let second = replay(&inputs);
+    println!("rounds decided by engine {engine}");
+    let first = replay(&inputs, engine);
+    let second = replay(&inputs, engine);
     println!(
         "replay: {} events folded in {:.2}s = {:.0} events/s on one core (target >= 200000)",
         first.events,
@@ -312,14 +325,14 @@ pub fn run(scale: f64, seed: u64) {
         q(&first.round_us, 0.99),
         first.round_us.max() as f64 / 1000.0
     );
-    let near_300: Vec<u64> = first
+    let near_300: Vec<(u64, Option<WideningStats>)> = first
         .rounds
         .iter()
-        .filter(|(open, _)| (200..=400).contains(open))
-        .map(|(_, us)| *us)
+        .filter(|(open, _, _)| (200..=400).contains(open))
+        .map(|(_, us, stats)| (*us, *stats))
         .collect();
     if near_300.is_empty() {
-        let opens: Vec<usize> = first.rounds.iter().map(|(o, _)| *o).collect();
+        let opens: Vec<usize> = first.rounds.iter().map(|(o, _, _)| *o).collect();
         println!(
             "rounds touching 200-400 open needs: none (open needs per round ranged {}..{})",
             opens.iter().min().unwrap_or(&0),
@@ -327,14 +340,29 @@ pub fn run(scale: f64, seed: u64) {
         );
     } else {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
-        for us in &near_300 {
+        for (us, _) in &near_300 {
             let _ = h.record((*us).max(1));
         }
         println!(
-            "rounds touching 200-400 open needs: {}, p99 {:.2} ms (target <= 10 ms)",
+            "rounds touching 200-400 open needs: {}, p50 {:.2} ms, p99 {:.2} ms (target <= 10 ms)",
             near_300.len(),
+            q(&h, 0.5),
             q(&h, 0.99)
         );
+        let stats: Vec<WideningStats> = near_300.iter().filter_map(|(_, s)| *s).collect();
+        if !stats.is_empty() {
+            let mean = |f: fn(&WideningStats) -> u64| {
+                stats.iter().map(f).sum::<u64>() as f64 / stats.len() as f64
+            };
+            println!(
+                "  per such round, on average: {:.1} solves, {:.0} lists widened, {:.0} candidate pairs, {:.0} offers looked at, {:.0} judged by the rules",
+                mean(|s| u64::from(s.solves)),
+                mean(|s| u64::from(s.widened)),
+                mean(|s| s.candidates as u64),
+                mean(|s| s.looked),
+                mean(|s| s.judged),
+            );
+        }
     }
     println!(
         "decision hash: {} / second replay {} -> {}",
@@ -361,4 +389,5 @@ pub fn run(scale: f64, seed: u64) {
         100.0 * offered as f64 / first.tasks.len().max(1) as f64,
         gini(first.tasks.clone())
     );
+    Ok(())
 }

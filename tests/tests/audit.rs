@@ -162,6 +162,23 @@ async fn a_round_recorded_before_engines_were_named_is_replayed_with_engine_1() 
 }
 
 #[tokio::test]
+async fn a_round_by_every_engine_this_build_knows_is_verified_with_that_engine() {
+    for engine in 1..=muster_matching::round::LATEST_ENGINE {
+        let nats = Nats::start().await;
+        log_with_round_by(&nats, engine, |_| {}).await;
+        let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+            .await
+            .expect("audit");
+        assert_eq!(report.divergence, None, "engine {engine}");
+        assert_eq!(
+            (report.rounds_verified, report.decisions_verified),
+            (1, 2),
+            "engine {engine}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_round_by_an_engine_this_build_does_not_know_is_a_divergence() {
     let nats = Nats::start().await;
     log_with_round(&nats, |e| {

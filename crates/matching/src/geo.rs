@@ -64,12 +64,38 @@ pub fn cell(p: &GeoPoint) -> (i32, i32) {
 /// A lower bound on [`distance_m`] from `p` to any point of `cell`: never more than the distance
 /// the rules compute for an offer in that cell, so a search may skip cells by it.
 pub fn min_distance_to_cell_m(p: &GeoPoint, cell: (i32, i32)) -> u32 {
-    let lat0 = i64::from(cell.0) * i64::from(CELL_MICRODEGREES);
-    let lon0 = i64::from(cell.1) * i64::from(CELL_MICRODEGREES);
-    let (lat1, lon1) = (
-        lat0 + i64::from(CELL_MICRODEGREES),
-        lon0 + i64::from(CELL_MICRODEGREES),
-    );
+    min_distance_to_square_m(p, cell, CELL_MICRODEGREES)
+}
+
+/// Fine cells of the spatial index: 0.005° by 0.005°, ten by ten to a [`cell`]. A dense town's
+/// nearest volunteers are a few fine cells away; a coarse cell there holds thousands.
+pub const FINE_CELL_MICRODEGREES: i32 = 5_000;
+
+/// The fine cell a point falls in; `fine.div_euclid(10)` is its coarse [`cell`].
+pub fn fine_cell(p: &GeoPoint) -> (i32, i32) {
+    (
+        p.lat_e6.div_euclid(FINE_CELL_MICRODEGREES),
+        p.lon_e6.div_euclid(FINE_CELL_MICRODEGREES),
+    )
+}
+
+/// The coarse [`cell`] a fine cell lies in.
+pub fn coarse_of(fine: (i32, i32)) -> (i32, i32) {
+    let k = CELL_MICRODEGREES / FINE_CELL_MICRODEGREES;
+    (fine.0.div_euclid(k), fine.1.div_euclid(k))
+}
+
+/// As [`min_distance_to_cell_m`], for a fine cell.
+pub fn min_distance_to_fine_cell_m(p: &GeoPoint, fine: (i32, i32)) -> u32 {
+    min_distance_to_square_m(p, fine, FINE_CELL_MICRODEGREES)
+}
+
+/// A lower bound on [`distance_m`] from `p` to any point of the square `cell` of a grid of
+/// `size` microdegrees.
+fn min_distance_to_square_m(p: &GeoPoint, cell: (i32, i32), size: i32) -> u32 {
+    let lat0 = i64::from(cell.0) * i64::from(size);
+    let lon0 = i64::from(cell.1) * i64::from(size);
+    let (lat1, lon1) = (lat0 + i64::from(size), lon0 + i64::from(size));
     let (plat, plon) = (i64::from(p.lat_e6), i64::from(p.lon_e6));
     let dlat = if plat < lat0 {
         lat0 - plat
@@ -158,6 +184,37 @@ mod tests {
             );
         }
         assert_eq!(min_distance_to_cell_m(&centre, cell(&centre)), 0);
+    }
+
+    #[test]
+    fn the_fine_cell_bound_never_exceeds_a_real_distance_and_fine_cells_nest() {
+        let centre = p(53.9601, -1.0001);
+        let mut state = 54_321u64;
+        for _ in 0..20_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            let dlat = (state >> 33) as i64 % 60_000 - 30_000;
+            let dlon = (state >> 13) as i64 % 100_000 - 50_000;
+            let q = GeoPoint {
+                lat_e6: centre.lat_e6 + dlat as i32,
+                lon_e6: centre.lon_e6 + dlon as i32,
+            };
+            let fine = fine_cell(&q);
+            assert!(
+                min_distance_to_fine_cell_m(&centre, fine) <= distance_m(&centre, &q),
+                "{q:?}"
+            );
+            // A fine cell lies in its point's coarse cell, and is no nearer than it.
+            assert_eq!(coarse_of(fine), cell(&q));
+            assert!(
+                min_distance_to_cell_m(&centre, cell(&q))
+                    <= min_distance_to_fine_cell_m(&centre, fine)
+            );
+        }
+        // Across the prime meridian and the equator, too.
+        let q = p(-0.0001, -0.0001);
+        assert_eq!(coarse_of(fine_cell(&q)), cell(&q));
     }
 
     #[test]

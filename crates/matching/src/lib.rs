@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //! - [`state`]: the matcher's state folded from the log (needs, offers and their remaining
-//!   capacity, verifications, assignments, declines), with an incrementally kept spatial index.
+//!   capacity, verifications, assignments, declines).
 //! - [`rules`]: the hard eligibility rules and the integer score of an eligible pair.
 //! - [`geo`]: integer distances and the index's grid cells.
+//! - [`index`]: the spatial index of offers (by category, grid cell and vetting level).
 //! - [`round`]: one round: candidates from the index, the exact solve, the proposals.
 //! - [`solver`]: exact maximum-weight bipartite matching on sparse candidates (and the
 //!   first-come greedy baseline it is measured against).
@@ -21,6 +22,7 @@
 //! events and policy give the same round, byte for byte, on any machine.
 
 pub mod geo;
+pub mod index;
 pub mod round;
 pub mod rules;
 pub mod solver;

@@ -10,7 +10,7 @@ use muster_schema::events::CancelReason;
 use crate::geo;
 use crate::rules::{self, PairContext, Score};
 use crate::solver::{self, Instance};
-use crate::state::{AssignmentStatus, NeedStatus, ProviderKey, State};
+use crate::state::{AssignmentStatus, ProviderKey, State};
 
 /// One proposed assignment with the explanation an auditor reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,10 +34,21 @@ pub struct Proposal {
 ///   (`-u_i`, see [`solver::Solved::row_bound`]) has its list widened [`WIDEN`]-fold, until no
 ///   need's excluded providers could improve the round. Exact by LP duality: the restricted
 ///   solution's duals stay feasible for every excluded pair.
+/// - Engine 3: engine 2, its lists found by walking the index's fine cells (0.005°) nearest
+///   first instead of its coarse cells (0.05°), judging each cell's offers in order of their
+///   distance: the same optimum total, reached without judging the thousands of offers a coarse
+///   cell of a dense town holds. Its lists (and so, where optima tie, its choice among them)
+///   may differ from engine 2's, hence a new engine. Not yet the one the matcher runs: where
+///   supply is sparse and scarce (many needs no eligible provider is left for), searching to
+///   exhaustion cell by fine cell is far slower than engine 2 (see BENCHMARKS.md).
 pub const ENGINE: u16 = 2;
 
-/// Engine 2: how many providers a need's list starts with, and how much a list grows when the
-/// duals cannot prove the providers left out irrelevant.
+/// The newest engine this build knows; every engine from 1 to this one can still decide (and
+/// so audit) a round.
+pub const LATEST_ENGINE: u16 = 3;
+
+/// Engines 2 and 3: how many providers a need's list starts with, and how much a list grows
+/// when the duals cannot prove the providers left out irrelevant.
 pub const FIRST_LIST: usize = 8;
 pub const WIDEN: usize = 4;
 
@@ -63,29 +74,15 @@ fn endings(state: &State) -> (Vec<EntityId>, Vec<(EntityId, CancelReason)>) {
     let timeout = i64::from(state.policy.acceptance_timeout_s) * 1_000_000;
     let mut expired = Vec::new();
     let mut cancelled = Vec::new();
-    for (id, a) in &state.assignments {
-        let need = state.needs.get(&a.need);
-        let offer_gone = state.offer(&a.offer).is_none_or(|o| o.withdrawn);
-        let reason = match need {
-            Some(n) if n.status == NeedStatus::Withdrawn => Some(CancelReason::NeedWithdrawn),
-            _ if offer_gone => Some(CancelReason::OfferWithdrawn),
-            Some(n)
-                if !rules::verifications_hold(
-                    &n.spec.required_verifications,
-                    state.held_by(&a.provider),
-                    state.now,
-                ) =>
-            {
-                Some(CancelReason::VerificationLost)
-            }
-            _ => None,
-        };
-        if let Some(r) = reason {
-            cancelled.push((*id, r));
+    let cutoff = muster_schema::Timestamp(state.now.micros().saturating_sub(timeout));
+    for id in state.may_end(cutoff) {
+        let a = &state.assignments[&id];
+        if let Some(r) = state.cancel_reason(a) {
+            cancelled.push((id, r));
         } else if let AssignmentStatus::Pending { proposed_at } = a.status
             && state.now.micros() - proposed_at.micros() >= timeout
         {
-            expired.push(*id);
+            expired.push(id);
         }
     }
     (expired, cancelled)
@@ -170,89 +167,259 @@ fn best_providers(
     need: &crate::state::Need,
     n: usize,
     search: Search,
-) -> (BTreeMap<u32, Candidate>, Option<i64>) {
+) -> Found {
     let policy = &state.policy;
     let spec = &need.spec;
     let min_level = need.required_level();
-    let waited = need.waited_us(state.now);
     let reach = policy.max_radius_m.min(state.index.max_radius_m());
-    let n = n.max(1);
-    let mut cells: Vec<(u32, (i32, i32))> = geo::cells_within(&spec.location, reach)
-        .map(|c| (geo::min_distance_to_cell_m(&spec.location, c), c))
-        .filter(|(d, _)| *d <= reach)
-        .collect();
-    cells.sort_unstable();
-    let mut best: BTreeMap<u32, Candidate> = BTreeMap::new();
-    let mut slots = Vec::new();
-    let mut beyond: Option<i64> = None;
-    // The n-th best score found so far (it only rises as the search goes on).
-    let mut nth: Option<i64> = None;
-    // Scores are at most this at distance `d` (fairness at its best).
-    let ceiling = |d: u32| rules::score(spec.urgency.get(), waited, d, 0, policy).total;
-    for (nearest, cell) in cells {
-        if best.len() >= n {
-            let mut scores: Vec<i64> = best.values().map(|c| c.score.total).collect();
-            let (_, kth, _) = scores.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
-            nth = Some(*kth);
-            let bound = ceiling(nearest);
-            if *kth > bound {
-                // Nothing in this cell or the farther ones can score more than `bound`.
-                beyond = beyond.max(Some(bound));
-                break;
+    let mut list = Shortlist {
+        state,
+        need_id,
+        need,
+        n: n.max(1),
+        waited: need.waited_us(state.now),
+        lean: search != Search::Full,
+        live_nth: search == Search::Nearest,
+        best: BTreeMap::new(),
+        beyond: None,
+        nth: None,
+        looked: 0,
+        judged: 0,
+    };
+    match search {
+        Search::Full | Search::Lean => {
+            let mut cells: Vec<(u32, (i32, i32))> = geo::cells_within(&spec.location, reach)
+                .map(|c| (geo::min_distance_to_cell_m(&spec.location, c), c))
+                .filter(|(d, _)| *d <= reach)
+                .collect();
+            cells.sort_unstable();
+            let mut slots = Vec::new();
+            for (nearest, cell) in cells {
+                if list.settled(nearest) {
+                    break;
+                }
+                slots.clear();
+                state
+                    .index
+                    .in_cell(spec.category, min_level, cell, &mut slots);
+                for &slot in &slots {
+                    list.consider(slot);
+                }
+                list.trim();
             }
         }
-        slots.clear();
-        state
-            .index
-            .in_cell(spec.category, min_level, cell, &mut slots);
-        for &slot in &slots {
-            if search == Search::Lean
-                && let Some(kth) = nth
-            {
-                // An offer that cannot reach the n-th best score is left out unjudged; its
-                // ceiling still bounds what was left out.
-                let d = geo::distance_m(&spec.location, &state.offers[slot as usize].spec.location);
-                let c = ceiling(d);
-                if c < kth {
-                    beyond = beyond.max(Some(c));
-                    continue;
+        Search::Nearest => {
+            let mut walk = state.index.nearest(&spec.location, reach);
+            let mut order: Vec<(i64, u32)> = Vec::new();
+            while let Some(nearest) = walk.peek_bound() {
+                if let Some(kth) = list.nth {
+                    let bound = list.ceiling(nearest);
+                    if bound < kth {
+                        // Nothing in this cell or the farther ones can enter the list.
+                        break;
+                    }
+                }
+                let Some((_, bucket)) = walk.next() else {
+                    break;
+                };
+                // The cell's offers, most promising first by their distance alone (ties: slot).
+                order.clear();
+                order.extend(bucket.serving(spec.category, min_level).map(|e| {
+                    let d = geo::distance_m(&spec.location, &e.at);
+                    (list.ceiling(d), e.slot)
+                }));
+                list.looked += order.len() as u64;
+                order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                for &(ceiling, slot) in &order {
+                    if list.nth.is_some_and(|kth| ceiling < kth) {
+                        // This offer and the rest of the cell cannot reach the list.
+                        list.beyond = list.beyond.max(Some(ceiling));
+                        break;
+                    }
+                    list.take(slot);
+                }
+                list.trim();
+                if let Some(kth) = list.nth {
+                    walk.limit(list.reach_for(kth, reach));
                 }
             }
-            let Some(Ok((distance_m, score))) = judge(state, need_id, need, slot, waited) else {
-                continue;
-            };
-            let offer = &state.offers[slot as usize];
-            let candidate = Candidate {
-                offer: offer.id,
-                distance_m,
-                score,
-            };
-            best.entry(offer.provider)
-                .and_modify(|c| {
-                    if (candidate.score.total, std::cmp::Reverse(candidate.offer))
-                        > (c.score.total, std::cmp::Reverse(c.offer))
-                    {
-                        *c = candidate;
-                    }
-                })
-                .or_insert(candidate);
-        }
-        if search == Search::Lean && best.len() > 2 * n + 16 {
-            keep_best(&mut best, n, &mut beyond);
+            // Whatever the walk did not reach is at least this far away.
+            if let Some(nearest) = walk.unvisited_bound() {
+                list.beyond = list.beyond.max(Some(list.ceiling(nearest)));
+            }
         }
     }
+    let Shortlist {
+        mut best,
+        mut beyond,
+        n,
+        looked,
+        judged,
+        ..
+    } = list;
     keep_best(&mut best, n, &mut beyond);
-    (best, beyond)
+    Found {
+        best,
+        beyond,
+        looked,
+        judged,
+    }
+}
+
+/// What [`best_providers`] found, and how much it looked at.
+struct Found {
+    best: BTreeMap<u32, Candidate>,
+    /// An upper bound on the score of any eligible provider left out (`None`: none was).
+    beyond: Option<i64>,
+    /// Offers the search came across, and those it judged by the rules.
+    looked: u64,
+    judged: u64,
 }
 
 /// How [`best_providers`] searches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Search {
-    /// Engine 1: judge every offer until the cell bound stops the search.
+    /// Engine 1: judge every offer, coarse cell by coarse cell, until the cell bound stops the
+    /// search.
     Full,
     /// Engine 2: also leave out unjudged the offers whose distance alone keeps them below the
     /// n-th best score, and prune the list to the best n as it grows.
     Lean,
+    /// Engine 3: as `Lean`, walking fine cells nearest first.
+    Nearest,
+}
+
+/// A need's list as [`best_providers`] builds it.
+struct Shortlist<'a> {
+    state: &'a State,
+    need_id: &'a EntityId,
+    need: &'a crate::state::Need,
+    n: usize,
+    waited: i64,
+    /// Skip offers that cannot reach the n-th best, and prune as the list grows.
+    lean: bool,
+    /// Keep `nth` current after every offer taken (engine 3), not only between cells.
+    live_nth: bool,
+    best: BTreeMap<u32, Candidate>,
+    /// The best score left out so far.
+    beyond: Option<i64>,
+    /// The n-th best score found so far (it only rises as the search goes on).
+    nth: Option<i64>,
+    looked: u64,
+    judged: u64,
+}
+
+impl Shortlist<'_> {
+    /// Scores are at most this at distance `d` (fairness at its best).
+    fn ceiling(&self, d: u32) -> i64 {
+        let policy = &self.state.policy;
+        rules::score(self.need.spec.urgency.get(), self.waited, d, 0, policy).total
+    }
+
+    /// Called before a cell whose offers are all at least `nearest` metres away (as are those of
+    /// every cell after it): whether the list is final, nothing there able to enter it.
+    fn settled(&mut self, nearest: u32) -> bool {
+        if self.best.len() < self.n {
+            return false;
+        }
+        let mut scores: Vec<i64> = self.best.values().map(|c| c.score.total).collect();
+        let (_, kth, _) = scores.select_nth_unstable_by(self.n - 1, |a, b| b.cmp(a));
+        let kth = *kth;
+        self.nth = Some(kth);
+        let bound = self.ceiling(nearest);
+        if kth > bound {
+            // Nothing in this cell or the farther ones can score more than `bound`.
+            self.beyond = self.beyond.max(Some(bound));
+            return true;
+        }
+        false
+    }
+
+    /// The farthest an offer can be and still score `kth` (at most `reach`; 0 if even the
+    /// nearest cannot).
+    fn reach_for(&self, kth: i64, reach: u32) -> u32 {
+        let (mut lo, mut hi) = (0u32, reach);
+        if self.ceiling(hi) >= kth {
+            return hi;
+        }
+        // ceiling(lo) >= kth > ceiling(hi), or lo = 0 and nothing reaches.
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if self.ceiling(mid) >= kth {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Engines 1 and 2: one offer of the cell being searched.
+    fn consider(&mut self, slot: u32) {
+        let state = self.state;
+        self.looked += 1;
+        if self.lean
+            && let Some(kth) = self.nth
+        {
+            // An offer that cannot reach the n-th best score is left out unjudged; its
+            // ceiling still bounds what was left out.
+            let d = geo::distance_m(
+                &self.need.spec.location,
+                &state.offers[slot as usize].spec.location,
+            );
+            let c = self.ceiling(d);
+            if c < kth {
+                self.beyond = self.beyond.max(Some(c));
+                return;
+            }
+        }
+        self.take(slot);
+    }
+
+    /// Judges one offer and, if eligible, keeps it as its provider's best so far. Engine 3
+    /// keeps the n-th best score current as it goes; engines 1 and 2 update it per cell (in
+    /// [`Shortlist::settled`]), as they were recorded.
+    fn take(&mut self, slot: u32) {
+        let state = self.state;
+        self.judged += 1;
+        let Some(Ok((distance_m, score))) =
+            judge(state, self.need_id, self.need, slot, self.waited)
+        else {
+            return;
+        };
+        let offer = &state.offers[slot as usize];
+        let candidate = Candidate {
+            offer: offer.id,
+            distance_m,
+            score,
+        };
+        self.best
+            .entry(offer.provider)
+            .and_modify(|c| {
+                if (candidate.score.total, std::cmp::Reverse(candidate.offer))
+                    > (c.score.total, std::cmp::Reverse(c.offer))
+                {
+                    *c = candidate;
+                }
+            })
+            .or_insert(candidate);
+        // Adding a score at or below the n-th best leaves it where it was.
+        if self.live_nth
+            && self.best.len() >= self.n
+            && self.nth.is_none_or(|kth| score.total > kth)
+        {
+            let mut scores: Vec<i64> = self.best.values().map(|c| c.score.total).collect();
+            let (_, kth, _) = scores.select_nth_unstable_by(self.n - 1, |a, b| b.cmp(a));
+            self.nth = Some(*kth);
+        }
+    }
+
+    /// After a cell: a lean search keeps the list near `n` long.
+    fn trim(&mut self) {
+        if self.lean && self.best.len() > 2 * self.n + 16 {
+            keep_best(&mut self.best, self.n, &mut self.beyond);
+        }
+    }
 }
 
 /// Keeps the best `n` candidates (ties: smaller offer id, then provider slot); the best score
@@ -290,11 +457,7 @@ pub struct RoundInstance {
 
 /// The open needs of `state`, in id order: the rows of a round.
 fn open_needs(state: &State) -> Vec<(&EntityId, &crate::state::Need)> {
-    state
-        .needs
-        .iter()
-        .filter(|(_, n)| n.status == NeedStatus::Open)
-        .collect()
+    state.open_needs().collect()
 }
 
 impl RoundInstance {
@@ -304,33 +467,48 @@ impl RoundInstance {
         let n = open.len();
         let per_need: Vec<(EntityId, BTreeMap<u32, Candidate>)> = open
             .into_iter()
-            .map(|(id, need)| (*id, best_providers(state, id, need, n, Search::Full).0))
+            .map(|(id, need)| (*id, best_providers(state, id, need, n, Search::Full).best))
             .collect();
         Self::from_lists(state, per_need.iter().map(|(id, l)| (*id, l)))
     }
 
-    /// Engine 2's instance and its optimum: short lists, widened where the duals ask.
-    pub fn solve_widening(state: &State) -> (Self, solver::Solution, WideningStats) {
-        Self::solve_widening_until(state, &AtomicBool::new(false))
-            .expect("a flag nobody else holds is never set")
+    /// The instance of engine 2 or 3 and its optimum: short lists, widened where the duals ask
+    /// (`None`: `engine` is neither).
+    pub fn solve_widening(
+        state: &State,
+        engine: u16,
+    ) -> Option<(Self, solver::Solution, WideningStats)> {
+        Self::solve_widening_until(state, engine, &AtomicBool::new(false))
     }
 
     /// As [`RoundInstance::solve_widening`], giving up (`None`) once `cancel` is set.
     pub fn solve_widening_until(
         state: &State,
+        engine: u16,
         cancel: &AtomicBool,
     ) -> Option<(Self, solver::Solution, WideningStats)> {
+        let search = match engine {
+            2 => Search::Lean,
+            3 => Search::Nearest,
+            _ => return None,
+        };
         let cancelled = || cancel.load(Ordering::Relaxed);
         let open = open_needs(state);
         let mut size = vec![FIRST_LIST; open.len()];
+        let mut stats = WideningStats::default();
+        let mut found = |id, need, n| {
+            let f = best_providers(state, id, need, n, search);
+            stats.looked += f.looked;
+            stats.judged += f.judged;
+            (f.best, f.beyond)
+        };
         let mut lists: Vec<(BTreeMap<u32, Candidate>, Option<i64>)> = Vec::new();
         for (id, need) in &open {
             if cancelled() {
                 return None;
             }
-            lists.push(best_providers(state, id, need, FIRST_LIST, Search::Lean));
+            lists.push(found(id, need, FIRST_LIST));
         }
-        let mut stats = WideningStats::default();
         loop {
             if cancelled() {
                 return None;
@@ -350,7 +528,7 @@ impl RoundInstance {
                         return None;
                     }
                     size[i] = size[i].saturating_mul(WIDEN);
-                    lists[i] = best_providers(state, id, need, size[i], Search::Lean);
+                    lists[i] = found(id, need, size[i]);
                     widened += 1;
                 }
             }
@@ -437,7 +615,7 @@ impl RoundInstance {
     }
 }
 
-/// How engine 2 got to its instance.
+/// How engine 2 or 3 got to its instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WideningStats {
     /// Solves, the last of them certified.
@@ -446,6 +624,10 @@ pub struct WideningStats {
     pub widened: u32,
     /// Candidate pairs in the final instance.
     pub candidates: usize,
+    /// Offers the searches came across, and those judged by the rules (the rest were left out
+    /// by distance alone).
+    pub looked: u64,
+    pub judged: u64,
 }
 
 /// The round for `state` by the current [`ENGINE`]: an exact maximum-score assignment of open
@@ -458,8 +640,15 @@ pub fn round(state: &State) -> Round {
 /// The round for `state` by the current [`ENGINE`], or `None` as soon as `cancel` is set: a
 /// service that stops in the middle of a long round gives it up and appends nothing.
 pub fn round_until(state: &State, cancel: &AtomicBool) -> Option<Round> {
-    let (built, solution, _) = RoundInstance::solve_widening_until(state, cancel)?;
+    let (built, solution, _) = RoundInstance::solve_widening_until(state, ENGINE, cancel)?;
     Some(decide(state, ENGINE, &built, &solution))
+}
+
+/// The round for `state` as engine 2 or 3 decides it, with how the engine got there (`None`:
+/// `engine` is neither).
+pub fn round_with_stats(state: &State, engine: u16) -> Option<(Round, WideningStats)> {
+    let (built, solution, stats) = RoundInstance::solve_widening(state, engine)?;
+    Some((decide(state, engine, &built, &solution), stats))
 }
 
 /// The round for `state` as engine `engine` decides it (`None`: no such engine).
@@ -470,8 +659,8 @@ pub fn round_with(state: &State, engine: u16) -> Option<Round> {
             let solution = solver::solve(&built.instance());
             (built, solution)
         }
-        2 => {
-            let (built, solution, _) = RoundInstance::solve_widening(state);
+        2 | 3 => {
+            let (built, solution, _) = RoundInstance::solve_widening(state, engine)?;
             (built, solution)
         }
         _ => return None,

@@ -12,11 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use muster_schema::events::{CancelReason, NeedSpecV1, OfferSpecV1};
 use muster_schema::{
-    Category, EntityId, Envelope, Event, GeoPoint, PartitionCode, PersonId, PolicyV1, Provider,
-    Response, Timestamp,
+    EntityId, Envelope, Event, PartitionCode, PersonId, PolicyV1, Provider, Response, Timestamp,
 };
 
-use crate::geo;
+use crate::index::SpatialIndex;
 use crate::rules::{self, HeldVerification};
 
 /// Who stands behind offers: one assignment per provider per round.
@@ -108,83 +107,6 @@ pub struct Assignment {
     pub status: AssignmentStatus,
 }
 
-/// Index key: the category an offer serves and its provider's criminal-record level.
-type ClassKey = (Category, u8);
-/// A grid cell of the index (see [`geo::cell`]).
-type Cell = (i32, i32);
-
-/// Offer slots by class and grid cell.
-#[derive(Debug, Default, Clone, Serialize, Deserialize)]
-pub struct SpatialIndex {
-    cells: BTreeMap<(ClassKey, Cell), BTreeSet<u32>>,
-    placed: BTreeMap<u32, Vec<(ClassKey, Cell)>>,
-    /// The largest travel radius of any offer ever indexed: no search need reach further.
-    max_radius_m: u32,
-}
-
-impl SpatialIndex {
-    fn remove(&mut self, slot: u32) {
-        for key in self.placed.remove(&slot).unwrap_or_default() {
-            if let Some(set) = self.cells.get_mut(&key) {
-                set.remove(&slot);
-                if set.is_empty() {
-                    self.cells.remove(&key);
-                }
-            }
-        }
-    }
-
-    fn insert(&mut self, slot: u32, spec: &OfferSpecV1, level: u8) {
-        self.remove(slot);
-        self.max_radius_m = self.max_radius_m.max(spec.travel_radius_m);
-        let cell = geo::cell(&spec.location);
-        let keys: Vec<_> = spec.kinds.iter().map(|k| ((*k, level), cell)).collect();
-        for key in &keys {
-            self.cells.entry(*key).or_default().insert(slot);
-        }
-        self.placed.insert(slot, keys);
-    }
-
-    /// The largest travel radius of any offer indexed so far.
-    pub fn max_radius_m(&self) -> u32 {
-        self.max_radius_m
-    }
-
-    /// Offer slots serving `category` in `cell`, from providers at criminal-record level
-    /// `min_level` or above.
-    pub fn in_cell(&self, category: Category, min_level: u8, cell: Cell, out: &mut Vec<u32>) {
-        for level in min_level..=4 {
-            if let Some(set) = self.cells.get(&((category, level), cell)) {
-                out.extend(set.iter().copied());
-            }
-        }
-    }
-
-    /// Offer slots that may serve `category` within `radius_m` of `at`, from providers at
-    /// criminal-record level `min_level` or above: a superset, sorted and unique (the rules
-    /// check each candidate).
-    pub fn candidates(
-        &self,
-        category: Category,
-        min_level: u8,
-        at: &GeoPoint,
-        radius_m: u32,
-    ) -> Vec<u32> {
-        let radius_m = radius_m.min(self.max_radius_m);
-        let mut out = Vec::new();
-        for level in min_level..=4 {
-            for cell in geo::cells_within(at, radius_m) {
-                if let Some(set) = self.cells.get(&((category, level), cell)) {
-                    out.extend(set.iter().copied());
-                }
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-}
-
 /// Everything the matcher knows, as of `through_seq`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct State {
@@ -197,13 +119,41 @@ pub struct State {
     pub offers: Vec<Offer>,
     offer_slot: BTreeMap<EntityId, u32>,
     pub providers: Vec<ProviderState>,
-    provider_slot: BTreeMap<ProviderKey, u32>,
+    /// Provider slots by a hash of the provider's id (ties: checked against the id itself), so
+    /// a lookup compares integers, not strings on the heap.
+    provider_slot: BTreeSet<(u64, u32)>,
     /// Which provider holds each verification.
     verification_owner: BTreeMap<EntityId, u32>,
     pub assignments: BTreeMap<EntityId, Assignment>,
     /// Provider slots that declined each need.
     declined: BTreeMap<EntityId, BTreeSet<u32>>,
     pub index: SpatialIndex,
+    /// Kept alongside `needs` and `assignments` so a round reads only what concerns it, not
+    /// everything the incident ever had (see [`State::check_derived`]):
+    /// the open needs,
+    open: BTreeSet<EntityId>,
+    /// pending assignments by the time they were proposed (expiries are a prefix),
+    pending: BTreeSet<(Timestamp, EntityId)>,
+    /// live assignments a round must check for cancellation: every one that has a reason to
+    /// be cancelled now (and some that had one once). Reasons come with events (a need or
+    /// offer withdrawn, a verification recorded or revoked, a need's requirements changed) or
+    /// with time (a required verification expiring or coming into force): those are
+    /// rechecked when the log's clock passes the next such moment,
+    watch: BTreeSet<EntityId>,
+    recheck: BTreeSet<(Timestamp, EntityId)>,
+    recheck_at: BTreeMap<EntityId, Timestamp>,
+    /// and live assignments by need, by offer and by provider slot.
+    live_by_need: BTreeMap<EntityId, BTreeSet<EntityId>>,
+    live_by_offer: BTreeMap<EntityId, BTreeSet<EntityId>>,
+    live_by_provider: BTreeMap<u32, BTreeSet<EntityId>>,
+}
+
+/// FNV-1a over an id's bytes: fixed forever (snapshots keep it), cheap, and only ever a hint
+/// (every hit is checked against the id).
+fn id_hash(id: &ProviderKey) -> u64 {
+    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn provider_key(p: &Provider) -> ProviderKey {
@@ -218,9 +168,17 @@ impl State {
     }
 
     pub fn provider(&self, id: &ProviderKey) -> Option<&ProviderState> {
+        self.slot_of_provider(id)
+            .map(|s| &self.providers[s as usize])
+    }
+
+    /// The slot of provider `id`, if known.
+    fn slot_of_provider(&self, id: &ProviderKey) -> Option<u32> {
+        let h = id_hash(id);
         self.provider_slot
-            .get(id)
-            .map(|s| &self.providers[*s as usize])
+            .range((h, 0)..=(h, u32::MAX))
+            .map(|(_, slot)| *slot)
+            .find(|slot| self.providers[*slot as usize].id == *id)
     }
 
     /// The verifications `person` holds (valid or not: the rules decide).
@@ -235,9 +193,8 @@ impl State {
 
     /// Whether `provider` declined `need` before.
     pub fn has_declined(&self, need: &EntityId, provider: &ProviderKey) -> bool {
-        self.provider_slot
-            .get(provider)
-            .is_some_and(|p| self.declined_slot(need, *p))
+        self.slot_of_provider(provider)
+            .is_some_and(|p| self.declined_slot(need, p))
     }
 
     pub(crate) fn declined_slot(&self, need: &EntityId, provider: u32) -> bool {
@@ -247,8 +204,8 @@ impl State {
     }
 
     fn provider_slot_of(&mut self, id: &ProviderKey) -> u32 {
-        if let Some(s) = self.provider_slot.get(id) {
-            return *s;
+        if let Some(s) = self.slot_of_provider(id) {
+            return s;
         }
         let slot = self.providers.len() as u32;
         self.providers.push(ProviderState {
@@ -258,7 +215,7 @@ impl State {
             verifications: Vec::new(),
             offers: Vec::new(),
         });
-        self.provider_slot.insert(id.clone(), slot);
+        self.provider_slot.insert((id_hash(id), slot));
         slot
     }
 
@@ -283,14 +240,201 @@ impl State {
         }
     }
 
+    /// Sets a need's status, keeping the open set.
+    fn set_status(&mut self, need: &EntityId, status: NeedStatus) {
+        if let Some(n) = self.needs.get_mut(need) {
+            n.status = status;
+            if status == NeedStatus::Open {
+                self.open.insert(*need);
+            } else {
+                self.open.remove(need);
+            }
+        }
+    }
+
+    /// Why a live assignment can no longer stand at the log's time, if it cannot: its need or
+    /// offer withdrawn, or a verification its need requires no longer held.
+    pub fn cancel_reason(&self, a: &Assignment) -> Option<CancelReason> {
+        let need = self.needs.get(&a.need);
+        let offer_gone = self.offer(&a.offer).is_none_or(|o| o.withdrawn);
+        match need {
+            Some(n) if n.status == NeedStatus::Withdrawn => Some(CancelReason::NeedWithdrawn),
+            _ if offer_gone => Some(CancelReason::OfferWithdrawn),
+            Some(n)
+                if !rules::verifications_hold(
+                    &n.spec.required_verifications,
+                    self.held_by(&a.provider),
+                    self.now,
+                ) =>
+            {
+                Some(CancelReason::VerificationLost)
+            }
+            _ => None,
+        }
+    }
+
+    /// The next log time after now at which one of `provider`'s verifications comes into force
+    /// or expires.
+    fn next_change(&self, provider: &ProviderKey) -> Option<Timestamp> {
+        self.held_by(provider)
+            .filter(|h| !h.revoked)
+            .flat_map(|h| [Some(h.issued_at), h.expires_at])
+            .flatten()
+            .filter(|t| *t > self.now)
+            .min()
+    }
+
+    /// Watches a live assignment if it has a reason to be cancelled now; otherwise, if its
+    /// need requires verifications, schedules a recheck for when they next change with time.
+    fn assess(&mut self, id: EntityId) {
+        if let Some(at) = self.recheck_at.remove(&id) {
+            self.recheck.remove(&(at, id));
+        }
+        let Some(a) = self.assignments.get(&id) else {
+            return;
+        };
+        if self.cancel_reason(a).is_some() {
+            self.watch.insert(id);
+            return;
+        }
+        let vetted = self
+            .needs
+            .get(&a.need)
+            .is_some_and(|n| !n.spec.required_verifications.is_empty());
+        if vetted && let Some(at) = self.next_change(&a.provider) {
+            self.recheck.insert((at, id));
+            self.recheck_at.insert(id, at);
+        }
+    }
+
+    /// Assesses the live assignments in `live` (of one need, offer or provider).
+    fn assess_all(&mut self, live: Option<BTreeSet<EntityId>>) {
+        for id in live.into_iter().flatten() {
+            self.assess(id);
+        }
+    }
+
+    /// Rechecks the assignments whose verifications changed with the clock.
+    fn assess_due(&mut self) {
+        while let Some(&(at, id)) = self.recheck.first()
+            && at <= self.now
+        {
+            self.assess(id);
+        }
+    }
+
+    fn link(&mut self, id: EntityId, a: &Assignment) {
+        if let AssignmentStatus::Pending { proposed_at } = a.status {
+            self.pending.insert((proposed_at, id));
+        }
+        self.live_by_need.entry(a.need).or_default().insert(id);
+        self.live_by_offer.entry(a.offer).or_default().insert(id);
+        if let Some(p) = self.slot_of_provider(&a.provider) {
+            self.live_by_provider.entry(p).or_default().insert(id);
+        }
+    }
+
+    fn unlink(&mut self, id: &EntityId, a: &Assignment) {
+        if let AssignmentStatus::Pending { proposed_at } = a.status {
+            self.pending.remove(&(proposed_at, *id));
+        }
+        self.watch.remove(id);
+        if let Some(at) = self.recheck_at.remove(id) {
+            self.recheck.remove(&(at, *id));
+        }
+        fn drop_from<K: Ord>(map: &mut BTreeMap<K, BTreeSet<EntityId>>, key: K, id: &EntityId) {
+            if let Some(set) = map.get_mut(&key) {
+                set.remove(id);
+                if set.is_empty() {
+                    map.remove(&key);
+                }
+            }
+        }
+        drop_from(&mut self.live_by_need, a.need, id);
+        drop_from(&mut self.live_by_offer, a.offer, id);
+        if let Some(p) = self.slot_of_provider(&a.provider) {
+            drop_from(&mut self.live_by_provider, p, id);
+        }
+    }
+
+    /// The open needs, in id order.
+    pub fn open_needs(&self) -> impl Iterator<Item = (&EntityId, &Need)> {
+        self.open.iter().map(|id| (id, &self.needs[id]))
+    }
+
+    /// The live assignments a round may end, in id order: every one pending since `cutoff` or
+    /// before, and every one that may be cancelled. A superset: the round decides.
+    pub fn may_end(&self, cutoff: Timestamp) -> BTreeSet<EntityId> {
+        let mut out = self.watch.clone();
+        out.extend(
+            self.pending
+                .iter()
+                .take_while(|(at, _)| *at <= cutoff)
+                .map(|(_, id)| *id),
+        );
+        out
+    }
+
+    /// Checks the sets kept alongside `needs` and `assignments` against a recomputation from
+    /// them (for tests): panics on the first difference.
+    pub fn check_derived(&self) {
+        let open: BTreeSet<EntityId> = self
+            .needs
+            .iter()
+            .filter(|(_, n)| n.status == NeedStatus::Open)
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(self.open, open, "open needs");
+        let pending: BTreeSet<(Timestamp, EntityId)> = self
+            .assignments
+            .iter()
+            .filter_map(|(id, a)| match a.status {
+                AssignmentStatus::Pending { proposed_at } => Some((proposed_at, *id)),
+                AssignmentStatus::Accepted => None,
+            })
+            .collect();
+        assert_eq!(self.pending, pending, "pending assignments");
+        for (id, a) in &self.assignments {
+            assert!(
+                self.cancel_reason(a).is_none() || self.watch.contains(id),
+                "assignment {id} has a reason to be cancelled but is not watched"
+            );
+            assert!(self.live_by_need[&a.need].contains(id), "by need");
+            assert!(self.live_by_offer[&a.offer].contains(id), "by offer");
+            let p = self
+                .slot_of_provider(&a.provider)
+                .expect("a known provider");
+            assert!(self.live_by_provider[&p].contains(id), "by provider");
+        }
+        let rechecks: BTreeSet<(Timestamp, EntityId)> =
+            self.recheck_at.iter().map(|(id, at)| (*at, *id)).collect();
+        assert_eq!(self.recheck, rechecks, "rechecks");
+        assert!(
+            self.recheck.iter().all(|(at, _)| *at > self.now),
+            "a recheck is overdue"
+        );
+        for set in [&self.watch]
+            .into_iter()
+            .chain(self.live_by_need.values())
+            .chain(self.live_by_offer.values())
+            .chain(self.live_by_provider.values())
+        {
+            assert!(
+                set.iter().all(|id| self.assignments.contains_key(id)),
+                "only live assignments are kept"
+            );
+        }
+    }
+
     fn release(&mut self, assignment: &EntityId) -> Option<Assignment> {
         let a = self.assignments.remove(assignment)?;
+        self.unlink(assignment, &a);
         if let Some(slot) = self.offer_slot.get(&a.offer) {
             let o = &mut self.offers[*slot as usize];
             o.committed = o.committed.saturating_sub(a.party);
         }
-        if let Some(slot) = self.provider_slot.get(&a.provider) {
-            let p = &mut self.providers[*slot as usize];
+        if let Some(slot) = self.slot_of_provider(&a.provider) {
+            let p = &mut self.providers[slot as usize];
             p.load = p.load.saturating_sub(1);
         }
         Some(a)
@@ -299,10 +443,12 @@ impl State {
     /// Ends an assignment and opens its need to be matched again.
     fn reopen(&mut self, assignment: &EntityId) {
         if let Some(a) = self.release(assignment)
-            && let Some(n) = self.needs.get_mut(&a.need)
-            && n.status == NeedStatus::Assigned(*assignment)
+            && self
+                .needs
+                .get(&a.need)
+                .is_some_and(|n| n.status == NeedStatus::Assigned(*assignment))
         {
-            n.status = NeedStatus::Open;
+            self.set_status(&a.need, NeedStatus::Open);
         }
     }
 
@@ -311,6 +457,11 @@ impl State {
     pub fn apply(&mut self, seq: u64, env: &Envelope) {
         self.through_seq = self.through_seq.max(seq);
         self.now = self.now.max(env.recorded_at);
+        self.fold(env);
+        self.assess_due();
+    }
+
+    fn fold(&mut self, env: &Envelope) {
         match &env.event {
             Event::IncidentDeclaredV1(e) => {
                 self.policy = e.policy.clone();
@@ -325,29 +476,40 @@ impl State {
             | Event::RoundRecordedV1(_)
             | Event::RoundRecordedV2(_) => {}
             Event::NeedReportedV1(e) => {
-                self.needs.entry(e.need).or_insert(Need {
-                    partition: env.partition.clone(),
-                    spec: e.spec.clone(),
-                    reported_at: env.recorded_at,
-                    status: NeedStatus::Open,
-                });
+                if let std::collections::btree_map::Entry::Vacant(vacant) = self.needs.entry(e.need)
+                {
+                    vacant.insert(Need {
+                        partition: env.partition.clone(),
+                        spec: e.spec.clone(),
+                        reported_at: env.recorded_at,
+                        status: NeedStatus::Open,
+                    });
+                    self.open.insert(e.need);
+                    // Assignments proposed before their need was known (a log out of order).
+                    self.assess_all(self.live_by_need.get(&e.need).cloned());
+                }
             }
             Event::NeedUpdatedV1(e) => {
                 if let Some(n) = self.needs.get_mut(&e.need) {
                     n.spec = e.spec.clone();
+                    self.assess_all(self.live_by_need.get(&e.need).cloned());
                 }
             }
             Event::NeedWithdrawnV1(e) => {
-                if let Some(n) = self.needs.get_mut(&e.need) {
-                    n.status = NeedStatus::Withdrawn;
-                }
+                self.set_status(&e.need, NeedStatus::Withdrawn);
+                self.assess_all(self.live_by_need.get(&e.need).cloned());
             }
             // Creation is guarded on the log (one registration per entity subject); should a
             // second one ever appear, the first stands, so committed capacity is never reset.
-            Event::OfferRegisteredV1(e) if self.offer_slot.contains_key(&e.offer) => {}
             Event::OfferRegisteredV1(e) => {
-                let provider = self.provider_slot_of(&provider_key(&e.provider));
                 let slot = self.offers.len() as u32;
+                let std::collections::btree_map::Entry::Vacant(vacant) =
+                    self.offer_slot.entry(e.offer)
+                else {
+                    return;
+                };
+                vacant.insert(slot);
+                let provider = self.provider_slot_of(&provider_key(&e.provider));
                 self.offers.push(Offer {
                     id: e.offer,
                     provider,
@@ -355,7 +517,6 @@ impl State {
                     committed: 0,
                     withdrawn: false,
                 });
-                self.offer_slot.insert(e.offer, slot);
                 self.providers[provider as usize].offers.push(slot);
                 let level = self.level_of(provider);
                 self.index.insert(slot, &e.spec, level);
@@ -377,6 +538,7 @@ impl State {
                 if let Some(&slot) = self.offer_slot.get(&e.offer) {
                     self.offers[slot as usize].withdrawn = true;
                     self.index.remove(slot);
+                    self.assess_all(self.live_by_offer.get(&e.offer).cloned());
                 }
             }
             Event::VerificationRecordedV1(e)
@@ -394,6 +556,7 @@ impl State {
                     .push((e.verification, held));
                 self.verification_owner.insert(e.verification, provider);
                 self.reindex_provider(provider);
+                self.assess_all(self.live_by_provider.get(&provider).cloned());
             }
             Event::VerificationRevokedV1(e) => {
                 let Some(&provider) = self.verification_owner.get(&e.verification) else {
@@ -405,15 +568,14 @@ impl State {
                     }
                 }
                 self.reindex_provider(provider);
+                self.assess_all(self.live_by_provider.get(&provider).cloned());
             }
             Event::AssignmentProposedV1(e) => {
                 let party = self
                     .needs
                     .get(&e.need)
                     .map_or(1, |n| u32::from(n.spec.party_size));
-                if let Some(n) = self.needs.get_mut(&e.need) {
-                    n.status = NeedStatus::Assigned(e.assignment);
-                }
+                self.set_status(&e.need, NeedStatus::Assigned(e.assignment));
                 if let Some(&slot) = self.offer_slot.get(&e.offer) {
                     self.offers[slot as usize].committed += party;
                 }
@@ -421,22 +583,29 @@ impl State {
                 let p = &mut self.providers[provider as usize];
                 p.load += 1;
                 p.tasks += 1;
-                self.assignments.insert(
-                    e.assignment,
-                    Assignment {
-                        need: e.need,
-                        offer: e.offer,
-                        provider: e.volunteer.clone(),
-                        party,
-                        status: AssignmentStatus::Pending {
-                            proposed_at: env.recorded_at,
-                        },
+                let a = Assignment {
+                    need: e.need,
+                    offer: e.offer,
+                    provider: e.volunteer.clone(),
+                    party,
+                    status: AssignmentStatus::Pending {
+                        proposed_at: env.recorded_at,
                     },
-                );
+                };
+                if let Some(old) = self.assignments.remove(&e.assignment) {
+                    // A second proposal under one id replaces the first, as it always has.
+                    self.unlink(&e.assignment, &old);
+                }
+                self.link(e.assignment, &a);
+                self.assignments.insert(e.assignment, a);
+                self.assess(e.assignment);
             }
             Event::VolunteerRespondedV1(e) => match e.response {
                 Response::Accept => {
                     if let Some(a) = self.assignments.get_mut(&e.assignment) {
+                        if let AssignmentStatus::Pending { proposed_at } = a.status {
+                            self.pending.remove(&(proposed_at, e.assignment));
+                        }
                         a.status = AssignmentStatus::Accepted;
                     }
                 }
@@ -444,9 +613,7 @@ impl State {
                     if let Some(a) = self.release(&e.assignment) {
                         let provider = self.provider_slot_of(&a.provider);
                         self.declined.entry(a.need).or_default().insert(provider);
-                        if let Some(n) = self.needs.get_mut(&a.need) {
-                            n.status = NeedStatus::Open;
-                        }
+                        self.set_status(&a.need, NeedStatus::Open);
                     }
                 }
             },
@@ -459,10 +626,8 @@ impl State {
                 }
             }
             Event::AssignmentCompletedV1(e) => {
-                if let Some(a) = self.release(&e.assignment)
-                    && let Some(n) = self.needs.get_mut(&a.need)
-                {
-                    n.status = NeedStatus::Completed;
+                if let Some(a) = self.release(&e.assignment) {
+                    self.set_status(&a.need, NeedStatus::Completed);
                 }
             }
         }

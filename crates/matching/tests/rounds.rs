@@ -623,6 +623,21 @@ mod properties {
         Tick {
             hours: i64,
         },
+        /// A volunteer accepts (or, if already accepted, completes) an assignment.
+        Answer {
+            which: u8,
+        },
+        WithdrawNeed {
+            n: u8,
+        },
+        WithdrawOffer {
+            o: u8,
+        },
+        /// A need's requirement of an enhanced check is added or dropped.
+        UpdateNeed {
+            n: u8,
+            enhanced: bool,
+        },
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -676,6 +691,10 @@ mod properties {
             Just(Step::Round),
             (0u8..20).prop_map(|which| Step::Decline { which }),
             (1i64..3).prop_map(|hours| Step::Tick { hours }),
+            (0u8..20).prop_map(|which| Step::Answer { which }),
+            (0u8..needs).prop_map(|n| Step::WithdrawNeed { n }),
+            (0u8..offers).prop_map(|o| Step::WithdrawOffer { o }),
+            (0u8..needs, any::<bool>()).prop_map(|(n, enhanced)| Step::UpdateNeed { n, enhanced }),
         ]
     }
 
@@ -763,6 +782,61 @@ mod properties {
                 Step::Tick { hours } => {
                     s.after(hours * HOUR);
                 }
+                Step::Answer { which } => {
+                    let live: Vec<(EntityId, bool)> = s
+                        .state
+                        .assignments
+                        .iter()
+                        .map(|(id, a)| {
+                            (
+                                *id,
+                                a.status == muster_matching::state::AssignmentStatus::Accepted,
+                            )
+                        })
+                        .collect();
+                    if let Some((a, accepted)) = live.get(usize::from(*which) % live.len().max(1)) {
+                        s.given(if *accepted {
+                            Event::AssignmentCompletedV1(AssignmentCompletedV1 {
+                                assignment: *a,
+                                personal: Personal::None,
+                            })
+                        } else {
+                            Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+                                assignment: *a,
+                                response: Response::Accept,
+                                reason: String::new(),
+                            })
+                        });
+                    }
+                }
+                Step::WithdrawNeed { n } => {
+                    s.given(Event::NeedWithdrawnV1(NeedWithdrawnV1 {
+                        need: id(&format!("n{n}")),
+                        reason: String::new(),
+                    }));
+                }
+                Step::WithdrawOffer { o } => {
+                    s.given(Event::OfferWithdrawnV1(OfferWithdrawnV1 {
+                        offer: id(&format!("o{o}")),
+                        reason: String::new(),
+                    }));
+                }
+                Step::UpdateNeed { n, enhanced } => {
+                    let need_id = id(&format!("n{n}"));
+                    if let Some(existing) = s.state.needs.get(&need_id) {
+                        let mut spec = existing.spec.clone();
+                        spec.required_verifications = if *enhanced {
+                            vec![VerificationKind::CriminalRecordEnhanced]
+                        } else {
+                            vec![]
+                        };
+                        s.given(Event::NeedUpdatedV1(NeedUpdatedV1 {
+                            need: need_id,
+                            spec,
+                            personal: Personal::None,
+                        }));
+                    }
+                }
                 Step::Round => {
                     let r = round(&s.state);
                     check_round(&s.state, &r);
@@ -779,13 +853,15 @@ mod properties {
                         exhaustive_optimum(&s.state),
                         "the round is optimal"
                     );
-                    let engine1 =
-                        muster_matching::round::round_with(&s.state, 1).expect("engine 1");
-                    assert_eq!(
-                        engine1.total_score, r.total_score,
-                        "both engines reach the optimum"
-                    );
-                    assert_eq!(engine1.engine, 1);
+                    for engine in 1..=muster_matching::round::LATEST_ENGINE {
+                        let other = muster_matching::round::round_with(&s.state, engine)
+                            .expect("every engine is still known");
+                        assert_eq!(
+                            other.total_score, r.total_score,
+                            "engine {engine} reaches the same optimum"
+                        );
+                        assert_eq!(other.engine, engine);
+                    }
                     assert_eq!(r.engine, muster_matching::round::ENGINE);
                     assert!(greedy_round(&s.state).total_score <= r.total_score);
                     log.push(format!("{r:?}"));
@@ -793,6 +869,8 @@ mod properties {
                     check_capacity(&s.state);
                 }
             }
+            // What the state keeps alongside its maps agrees with them after every event.
+            s.state.check_derived();
         }
         log
     }
@@ -950,6 +1028,111 @@ mod properties {
         fn pruned_rounds_are_still_optimal(steps in proptest::collection::vec(crowded(), 1..80)) {
             let first = play(&steps);
             prop_assert_eq!(first, play(&steps));
+        }
+
+        /// More needs than a first list holds, all wanting the same few nearest volunteers: the
+        /// short-list engines must widen where the duals ask, and reach engine 1's optimum.
+        #[test]
+        fn engines_agree_where_short_lists_must_widen(
+            needs in proptest::collection::vec((-2_000i32..2_000, -3_000i32..3_000, 1u32..=5), 9..30),
+            volunteers in proptest::collection::vec(
+                (-40_000i32..40_000, -60_000i32..60_000, 1u16..3, 1_000u32..12_000, any::<bool>()),
+                10..70,
+            ),
+            enhanced_every in 2usize..6,
+        ) {
+            let state = surge(&needs, &volunteers, enhanced_every);
+            let rounds: Vec<muster_matching::Round> = (1..=muster_matching::round::LATEST_ENGINE)
+                .map(|e| muster_matching::round::round_with(&state, e).expect("a known engine"))
+                .collect();
+            for r in &rounds[1..] {
+                prop_assert_eq!(
+                    r.total_score, rounds[0].total_score,
+                    "engine {} against engine 1", r.engine
+                );
+            }
+            check_round(&state, &rounds[rounds.len() - 1]);
+        }
+    }
+
+    /// Needs near one point (offsets in microdegrees, urgency) and volunteers around it
+    /// (offsets, capacity, travel radius, and whether they hold an enhanced check); every
+    /// `enhanced_every`-th need requires one.
+    fn surge(
+        needs: &[(i32, i32, u32)],
+        volunteers: &[(i32, i32, u16, u32, bool)],
+        enhanced_every: usize,
+    ) -> State {
+        let mut s = Scenario::new();
+        let centre = at(53.96, -1.08);
+        for (i, (lat, lon, capacity, radius, enhanced)) in volunteers.iter().enumerate() {
+            let vol = format!("vol-{i}");
+            if *enhanced {
+                s.verified(
+                    &format!("v{i}"),
+                    &vol,
+                    VerificationKind::CriminalRecordEnhanced,
+                    None,
+                );
+            }
+            s.offer(
+                &format!("o{i}"),
+                &vol,
+                OfferSpecV1 {
+                    capacity: *capacity,
+                    travel_radius_m: *radius,
+                    location: GeoPoint {
+                        lat_e6: centre.lat_e6 + lat,
+                        lon_e6: centre.lon_e6 + lon,
+                    },
+                    ..offer()
+                },
+            );
+        }
+        for (i, (lat, lon, urgency)) in needs.iter().enumerate() {
+            s.after(60_000_000);
+            s.need(
+                &format!("n{i}"),
+                NeedSpecV1 {
+                    location: GeoPoint {
+                        lat_e6: centre.lat_e6 + lat,
+                        lon_e6: centre.lon_e6 + lon,
+                    },
+                    required_verifications: if i % enhanced_every == 0 {
+                        vec![VerificationKind::CriminalRecordEnhanced]
+                    } else {
+                        vec![]
+                    },
+                    ..need(*urgency)
+                },
+            );
+        }
+        s.state
+    }
+
+    #[test]
+    fn a_surge_at_one_place_makes_the_short_list_engines_widen() {
+        let needs: Vec<(i32, i32, u32)> = (0..20)
+            .map(|i| (i * 50, -i * 70, 1 + i as u32 % 5))
+            .collect();
+        let volunteers: Vec<(i32, i32, u16, u32, bool)> = (0..40)
+            .map(|i| {
+                (
+                    i * 900 - 18_000,
+                    (i % 7) * 2_000 - 6_000,
+                    1,
+                    10_000,
+                    i % 3 == 0,
+                )
+            })
+            .collect();
+        let state = surge(&needs, &volunteers, 4);
+        for engine in [2, 3] {
+            let (_, _, stats) =
+                muster_matching::round::RoundInstance::solve_widening(&state, engine)
+                    .expect("a short-list engine");
+            assert!(stats.widened > 0, "engine {engine}: {stats:?}");
+            assert!(stats.solves > 1, "engine {engine}: {stats:?}");
         }
     }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use muster_log::{LogConfig, LogConsumer};
 use muster_matching::State;
-use muster_matching::round::{ENGINE, round_events, round_with};
+use muster_matching::round::{ENGINE, LATEST_ENGINE, round_events, round_with};
 use muster_schema::{Event, IncidentId, subject};
 
 use crate::MatcherError;
@@ -133,7 +133,9 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
             let Some(r) = round_with(state, engine) else {
                 report.divergence = Some(Divergence {
                     seq,
-                    expected: format!("a round by an engine this build knows (1..={ENGINE})"),
+                    expected: format!(
+                        "a round by an engine this build knows (1..={LATEST_ENGINE})"
+                    ),
                     got: format!("a round recorded by engine {engine}"),
                 });
                 return false;

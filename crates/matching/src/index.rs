@@ -1,0 +1,510 @@
+//! The spatial index of offers: by the category an offer serves, grid cell and its provider's
+//! criminal-record level, kept up to date as offers arrive, change and leave and as providers'
+//! verifications change.
+//!
+//! Two grids nest: coarse cells of 0.05° ([`geo::cell`]) hold the fine cells of 0.005°
+//! ([`geo::fine_cell`]) that have offers. Engines 1 and 2 search coarse cells (what they were
+//! recorded with: a coarse cell yields the same offers as ever); engine 3 walks fine cells
+//! nearest first ([`SpatialIndex::nearest`]), so in a dense town it stops after a few hundred
+//! metres instead of judging the thousands of offers in a coarse cell. Scarce classes (a
+//! criminal-record level few hold) are kept apart from abundant ones in every cell. Each entry
+//! carries its offer's location and the categories it serves, so a search can rule an offer out
+//! without reading the offer; an offer serving several categories is indexed once.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use serde::{Deserialize, Serialize};
+
+use muster_schema::events::OfferSpecV1;
+use muster_schema::{Category, GeoPoint};
+
+use crate::geo;
+
+/// A grid cell (coarse or fine, by context).
+pub type Cell = (i32, i32);
+
+/// Criminal-record levels 0 (none) to 4 (enhanced with barred lists).
+const LEVELS: usize = 5;
+
+/// One offer in a cell: its slot, where it is and what it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub slot: u32,
+    pub at: GeoPoint,
+    /// The categories it serves, one bit each (see [`kind_bit`]).
+    kinds: u8,
+}
+
+/// The offers of one fine cell, by their provider's criminal-record level; each sorted by slot.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Bucket {
+    by_level: [Vec<Entry>; LEVELS],
+}
+
+impl Bucket {
+    /// The offers serving `category` from providers at `min_level` or above.
+    pub fn serving(&self, category: Category, min_level: u8) -> impl Iterator<Item = &Entry> + '_ {
+        let bit = kind_bit(category);
+        self.by_level[usize::from(min_level).min(LEVELS - 1)..]
+            .iter()
+            .flatten()
+            .filter(move |e| e.kinds & bit != 0)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_level.iter().all(Vec::is_empty)
+    }
+}
+
+/// Where one offer is indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Placed {
+    /// The categories it serves, one bit each (by [`Category::ALL`] position).
+    kinds: u8,
+    fine: Cell,
+    at: GeoPoint,
+    level: u8,
+}
+
+/// A category's bit in an entry's `kinds`.
+fn kind_bit(k: Category) -> u8 {
+    1 << (k as u8)
+}
+
+fn kind_bits(kinds: &[Category]) -> u8 {
+    kinds.iter().fold(0, |bits, k| bits | kind_bit(*k))
+}
+
+/// Offer slots by coarse cell, fine cell and level.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct SpatialIndex {
+    cells: BTreeMap<Cell, BTreeMap<Cell, Bucket>>,
+    /// Where each offer slot is indexed (`None`: not indexed).
+    placed: Vec<Option<Placed>>,
+    /// The largest travel radius of any offer ever indexed: no search need reach further.
+    max_radius_m: u32,
+}
+
+impl SpatialIndex {
+    pub(crate) fn remove(&mut self, slot: u32) {
+        let Some(Some(placed)) = self.placed.get_mut(slot as usize).map(Option::take) else {
+            return;
+        };
+        let coarse = geo::coarse_of(placed.fine);
+        let Some(fines) = self.cells.get_mut(&coarse) else {
+            return;
+        };
+        if let Some(bucket) = fines.get_mut(&placed.fine) {
+            let list = &mut bucket.by_level[usize::from(placed.level)];
+            if let Ok(i) = list.binary_search_by_key(&slot, |e| e.slot) {
+                list.remove(i);
+            }
+            if bucket.is_empty() {
+                fines.remove(&placed.fine);
+            }
+        }
+        if fines.is_empty() {
+            self.cells.remove(&coarse);
+        }
+    }
+
+    pub(crate) fn insert(&mut self, slot: u32, spec: &OfferSpecV1, level: u8) {
+        self.max_radius_m = self.max_radius_m.max(spec.travel_radius_m);
+        let placed = Placed {
+            kinds: kind_bits(&spec.kinds),
+            fine: geo::fine_cell(&spec.location),
+            at: spec.location,
+            level: level.min(LEVELS as u8 - 1),
+        };
+        if self.placed.get(slot as usize) == Some(&Some(placed)) {
+            // Already there (a provider's new verification that leaves their level as it was).
+            return;
+        }
+        self.remove(slot);
+        let coarse = geo::coarse_of(placed.fine);
+        let entry = Entry {
+            slot,
+            at: placed.at,
+            kinds: placed.kinds,
+        };
+        let list = &mut self
+            .cells
+            .entry(coarse)
+            .or_default()
+            .entry(placed.fine)
+            .or_default()
+            .by_level[usize::from(placed.level)];
+        // New offers take new slots: most land at the end.
+        if list.last().is_none_or(|e| e.slot < slot) {
+            list.push(entry);
+        } else if let Err(i) = list.binary_search_by_key(&slot, |e| e.slot) {
+            list.insert(i, entry);
+        }
+        let i = slot as usize;
+        if self.placed.len() <= i {
+            self.placed.resize(i + 1, None);
+        }
+        self.placed[i] = Some(placed);
+    }
+
+    /// The largest travel radius of any offer indexed so far.
+    pub fn max_radius_m(&self) -> u32 {
+        self.max_radius_m
+    }
+
+    /// Offer slots serving `category` in the coarse `cell`, from providers at criminal-record
+    /// level `min_level` or above (each once, in no particular order).
+    pub fn in_cell(&self, category: Category, min_level: u8, cell: Cell, out: &mut Vec<u32>) {
+        if let Some(fines) = self.cells.get(&cell) {
+            for bucket in fines.values() {
+                out.extend(bucket.serving(category, min_level).map(|e| e.slot));
+            }
+        }
+    }
+
+    /// Offer slots that may serve `category` within `radius_m` of `at`, from providers at
+    /// criminal-record level `min_level` or above: a superset, sorted and unique (the rules
+    /// check each candidate).
+    pub fn candidates(
+        &self,
+        category: Category,
+        min_level: u8,
+        at: &GeoPoint,
+        radius_m: u32,
+    ) -> Vec<u32> {
+        let radius_m = radius_m.min(self.max_radius_m);
+        let mut out = Vec::new();
+        for cell in geo::cells_within(at, radius_m) {
+            self.in_cell(category, min_level, cell, &mut out);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The fine cells holding offers within `reach_m` of `at`, nearest first by
+    /// [`geo::min_distance_to_fine_cell_m`] (ties: cell order), each with that bound (a
+    /// cell's [`Bucket::serving`] picks the offers of a category). Lazy: a caller that stops
+    /// early, or lowers the walk's [`Nearest::limit`], never touches the cells beyond.
+    pub fn nearest<'a>(&'a self, at: &GeoPoint, reach_m: u32) -> Nearest<'a> {
+        let reach_m = reach_m.min(self.max_radius_m);
+        let mut frontier = BinaryHeap::new();
+        for cell in geo::cells_within(at, reach_m) {
+            let bound = geo::min_distance_to_cell_m(at, cell);
+            if bound <= reach_m {
+                frontier.push(Reverse(Step {
+                    bound,
+                    cell: Held::Coarse(cell),
+                }));
+            }
+        }
+        Nearest {
+            index: self,
+            at: *at,
+            limit_m: reach_m,
+            beyond_limit: None,
+            frontier,
+        }
+    }
+}
+
+/// What a frontier step holds: a coarse cell not yet opened, or a fine cell's offers. At equal
+/// bounds coarse cells open first.
+#[derive(Debug, Clone, Copy)]
+enum Held<'a> {
+    Coarse(Cell),
+    Fine(Cell, &'a Bucket),
+}
+
+impl Held<'_> {
+    fn key(&self) -> (u8, Cell) {
+        match self {
+            Held::Coarse(c) => (0, *c),
+            Held::Fine(c, _) => (1, *c),
+        }
+    }
+}
+
+/// A step of the walk, ordered by bound, then coarse before fine, then cell.
+#[derive(Debug)]
+struct Step<'a> {
+    bound: u32,
+    cell: Held<'a>,
+}
+
+impl PartialEq for Step<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+
+impl Eq for Step<'_> {}
+
+impl PartialOrd for Step<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Step<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.bound, self.cell.key()).cmp(&(other.bound, other.cell.key()))
+    }
+}
+
+/// Fine cells nearest first: see [`SpatialIndex::nearest`].
+#[derive(Debug)]
+pub struct Nearest<'a> {
+    index: &'a SpatialIndex,
+    at: GeoPoint,
+    /// Cells farther than this are left out.
+    limit_m: u32,
+    /// The nearest bound of a cell left out by the limit.
+    beyond_limit: Option<u32>,
+    frontier: BinaryHeap<Reverse<Step<'a>>>,
+}
+
+impl<'a> Nearest<'a> {
+    /// From now on, leave out the cells farther than `metres` (a limit only ever tightens).
+    pub fn limit(&mut self, metres: u32) {
+        self.limit_m = self.limit_m.min(metres);
+    }
+
+    /// The nearest any offer not yet yielded can be: the bound of the next cell, or of the
+    /// nearest cell left out by the limit (`None`: no offer is left at all).
+    pub fn unvisited_bound(&mut self) -> Option<u32> {
+        let next = self.peek_bound();
+        match (next, self.beyond_limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The bound of the next cell [`Iterator::next`] would yield (`None`: no cell is left within
+    /// the limit). Every offer in it and in every later cell is at least this far away.
+    pub fn peek_bound(&mut self) -> Option<u32> {
+        self.settle();
+        self.frontier.peek().map(|Reverse(step)| step.bound)
+    }
+
+    fn leave_out(&mut self, bound: u32) {
+        self.beyond_limit = Some(self.beyond_limit.map_or(bound, |b| b.min(bound)));
+    }
+
+    /// Opens coarse cells, and drops cells beyond the limit, until a fine cell within it is
+    /// first in line (a coarse cell's bound never exceeds its fine cells', so the order stays
+    /// nearest first).
+    fn settle(&mut self) {
+        while let Some(Reverse(first)) = self.frontier.peek() {
+            let bound = first.bound;
+            if bound > self.limit_m {
+                // Everything left is beyond the limit.
+                self.leave_out(bound);
+                self.frontier.clear();
+                return;
+            }
+            let Held::Coarse(cell) = first.cell else {
+                return;
+            };
+            self.frontier.pop();
+            let Some(fines) = self.index.cells.get(&cell) else {
+                continue;
+            };
+            for (fine, bucket) in fines {
+                let bound = geo::min_distance_to_fine_cell_m(&self.at, *fine);
+                if bound <= self.limit_m {
+                    self.frontier.push(Reverse(Step {
+                        bound,
+                        cell: Held::Fine(*fine, bucket),
+                    }));
+                } else {
+                    self.leave_out(bound);
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Iterator for Nearest<'a> {
+    type Item = (u32, &'a Bucket);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.settle();
+        let Reverse(step) = self.frontier.pop()?;
+        let Held::Fine(_, bucket) = step.cell else {
+            unreachable!("settle leaves a fine cell first in line");
+        };
+        Some((step.bound, bucket))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use muster_schema::TimeWindow;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const T0: i64 = 1_800_000_000_000_000;
+    const KINDS: [Category; 3] = [Category::Food, Category::Transport, Category::Shelter];
+
+    fn spec(lat_e6: i32, lon_e6: i32, kinds: Vec<Category>) -> OfferSpecV1 {
+        OfferSpecV1 {
+            kinds,
+            skills: vec![],
+            capacity: 1,
+            location: GeoPoint { lat_e6, lon_e6 },
+            travel_radius_m: 20_000,
+            availability: vec![TimeWindow::new(T0, T0 + 1).expect("valid")],
+        }
+    }
+
+    /// An offer as the test keeps it: where it is, what it serves, its level (`None`: removed).
+    type Truth = BTreeMap<u32, Option<(GeoPoint, Vec<Category>, u8)>>;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Put {
+            slot: u32,
+            dlat: i32,
+            dlon: i32,
+            kinds: u8,
+            level: u8,
+        },
+        Remove(u32),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u32..60, -120_000i32..120_000, -200_000i32..200_000, 1u8..8, 0u8..5)
+                .prop_map(|(slot, dlat, dlon, kinds, level)| Op::Put { slot, dlat, dlon, kinds, level }),
+            1 => (0u32..60).prop_map(Op::Remove),
+        ]
+    }
+
+    const CENTRE: GeoPoint = GeoPoint {
+        lat_e6: 53_960_000,
+        lon_e6: -1_080_000,
+    };
+
+    fn build(ops: &[Op]) -> (SpatialIndex, Truth) {
+        let mut index = SpatialIndex::default();
+        let mut truth = Truth::new();
+        for op in ops {
+            match op {
+                Op::Put {
+                    slot,
+                    dlat,
+                    dlon,
+                    kinds,
+                    level,
+                } => {
+                    let kinds: Vec<Category> = KINDS
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| kinds & (1 << i) != 0)
+                        .map(|(_, k)| *k)
+                        .collect();
+                    let s = spec(CENTRE.lat_e6 + dlat, CENTRE.lon_e6 + dlon, kinds.clone());
+                    index.insert(*slot, &s, *level);
+                    truth.insert(*slot, Some((s.location, kinds, *level)));
+                }
+                Op::Remove(slot) => {
+                    index.remove(*slot);
+                    truth.insert(*slot, None);
+                }
+            }
+        }
+        (index, truth)
+    }
+
+    /// The offers of `kind` at `min_level` or above within `reach` of `at`, by brute force.
+    fn within(
+        truth: &Truth,
+        kind: Category,
+        min_level: u8,
+        at: &GeoPoint,
+        reach: u32,
+    ) -> BTreeSet<u32> {
+        truth
+            .iter()
+            .filter_map(|(slot, t)| {
+                let (p, kinds, level) = t.as_ref()?;
+                (kinds.contains(&kind) && *level >= min_level && geo::distance_m(at, p) <= reach)
+                    .then_some(*slot)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Whatever offers arrive, move and leave, both grids yield every offer in reach of the
+        /// right class once, and the fine walk goes nearest first with bounds that never
+        /// overstate a distance.
+        #[test]
+        fn both_grids_find_every_offer_in_reach_and_the_walk_goes_nearest_first(
+            ops in proptest::collection::vec(op(), 1..120),
+            dlat in -60_000i32..60_000,
+            dlon in -100_000i32..100_000,
+            reach in 0u32..15_000,
+            min_level in 0u8..5,
+            kind in 0usize..3,
+        ) {
+            let (index, truth) = build(&ops);
+            let at = GeoPoint { lat_e6: CENTRE.lat_e6 + dlat, lon_e6: CENTRE.lon_e6 + dlon };
+            let kind = KINDS[kind];
+            let expected = within(&truth, kind, min_level, &at, reach.min(index.max_radius_m()));
+
+            let coarse = index.candidates(kind, min_level, &at, reach);
+            let coarse_set: BTreeSet<u32> = coarse.iter().copied().collect();
+            prop_assert!(expected.is_subset(&coarse_set));
+
+            let mut walked = Vec::new();
+            let mut last = 0;
+            let mut walk = index.nearest(&at, reach);
+            while let Some(peeked) = walk.peek_bound() {
+                let (bound, bucket) = walk.next().expect("a peeked cell comes next");
+                prop_assert_eq!(bound, peeked);
+                prop_assert!(bound >= last, "nearest first: {} after {}", bound, last);
+                last = bound;
+                for entry in bucket.serving(kind, min_level) {
+                    let slot = entry.slot;
+                    let (p, kinds, level) = truth[&slot].clone().expect("only live offers");
+                    prop_assert_eq!(entry.at, p, "the entry's location is the offer's");
+                    prop_assert!(kinds.contains(&kind) && level >= min_level);
+                    prop_assert!(bound <= geo::distance_m(&at, &p), "the bound overstates");
+                    walked.push(slot);
+                }
+            }
+            let walked_set: BTreeSet<u32> = walked.iter().copied().collect();
+            prop_assert_eq!(walked_set.len(), walked.len(), "an offer walked twice");
+            prop_assert!(expected.is_subset(&walked_set));
+        }
+    }
+
+    #[test]
+    fn removing_every_offer_leaves_an_empty_index() {
+        let ops: Vec<Op> = (0..30)
+            .map(|i| Op::Put {
+                slot: i,
+                dlat: i as i32 * 997,
+                dlon: -(i as i32) * 1_733,
+                kinds: 7,
+                level: (i % 5) as u8,
+            })
+            .chain((0..30).map(Op::Remove))
+            .collect();
+        let (index, _) = build(&ops);
+        assert!(
+            index.cells.is_empty(),
+            "{:?}",
+            index.cells.keys().collect::<Vec<_>>()
+        );
+        assert!(index.placed.iter().all(Option::is_none));
+        assert_eq!(index.nearest(&CENTRE, 20_000).next().map(|(b, _)| b), None);
+    }
+}
