@@ -36,6 +36,10 @@ pub struct Args {
     /// The engine the pandemic replay decides its rounds with (default: the matcher's).
     #[arg(long, default_value_t = muster_matching::round::ENGINE)]
     engine: u16,
+    /// The short-list engines run on the flood and scarce states, next to engine 1 (engine 3
+    /// takes many minutes on scarce: see BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    engines: Vec<u16>,
 }
 
 /// SplitMix64: a small, fixed, seedable generator, so a scenario is the same on every machine.
@@ -312,7 +316,7 @@ pub(crate) fn gini(mut xs: Vec<u64>) -> f64 {
     (2.0 * weighted) / (n * total) - (n + 1.0) / n
 }
 
-fn run_scenario(name: &str, mix: &Mix, seed: u64) {
+fn run_scenario(name: &str, mix: &Mix, seed: u64, engines: &[u16]) {
     let t = Instant::now();
     let state = generate(mix, seed);
     let events = state.through_seq;
@@ -332,12 +336,12 @@ fn run_scenario(name: &str, mix: &Mix, seed: u64) {
     let edges: usize = inst.rows.iter().map(Vec::len).sum();
     // Engines 2 and 3 (what the matcher runs now) on the same state: short lists, widened by
     // duals, found through coarse and through fine cells.
-    let widening: Vec<(u16, Solution, WideningStats, Duration)> = [2, 3]
-        .into_iter()
-        .map(|engine| {
+    let widening: Vec<(u16, Solution, WideningStats, Duration)> = engines
+        .iter()
+        .map(|&engine| {
             let t = Instant::now();
             let (_, solution, stats) =
-                RoundInstance::solve_widening(&state, engine).expect("a known engine");
+                RoundInstance::solve_widening(&state, engine).expect("checked by run");
             (engine, solution, stats, t.elapsed())
         })
         .collect();
@@ -445,6 +449,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "matcher benchmark (engine only, one core), seed {}",
         args.seed
     );
+    if let Some(e) = args.engines.iter().find(|e| !(2..=3).contains(*e)) {
+        anyhow::bail!("--engines takes the short-list engines 2 and 3, not {e}");
+    }
     for s in &args.scenarios {
         match s.as_str() {
             "flood" => run_scenario(
@@ -458,6 +465,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     skills: 8,
                 },
                 args.seed,
+                &args.engines,
             ),
             "scarce" => run_scenario(
                 "scarce vetted carers",
@@ -470,6 +478,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     skills: 8,
                 },
                 args.seed,
+                &args.engines,
             ),
             "pandemic" => crate::pandemic::run(args.pandemic_scale, args.seed, args.engine)?,
             other => anyhow::bail!("unknown scenario {other}: flood, scarce or pandemic"),
