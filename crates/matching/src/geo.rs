@@ -164,20 +164,28 @@ mod tests {
         assert_eq!(cos_q30(0), Q);
     }
 
+    /// 20,000 points scattered around `centre`, within `half_lat` and `half_lon` microdegrees.
+    fn scattered(centre: GeoPoint, seed: u64, half_lat: i64, half_lon: i64) -> Vec<GeoPoint> {
+        let mut state = seed;
+        (0..20_000)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                let dlat = (state >> 33) as i64 % (2 * half_lat) - half_lat;
+                let dlon = (state >> 13) as i64 % (2 * half_lon) - half_lon;
+                GeoPoint {
+                    lat_e6: centre.lat_e6 + dlat as i32,
+                    lon_e6: centre.lon_e6 + dlon as i32,
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn the_cell_bound_never_exceeds_a_real_distance() {
         let centre = p(53.9601, -1.0001);
-        let mut state = 12_345u64;
-        for _ in 0..20_000 {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            let dlat = (state >> 33) as i64 % 300_000 - 150_000;
-            let dlon = (state >> 13) as i64 % 500_000 - 250_000;
-            let q = GeoPoint {
-                lat_e6: centre.lat_e6 + dlat as i32,
-                lon_e6: centre.lon_e6 + dlon as i32,
-            };
+        for q in scattered(centre, 12_345, 150_000, 250_000) {
             assert!(
                 min_distance_to_cell_m(&centre, cell(&q)) <= distance_m(&centre, &q),
                 "{q:?}"
@@ -189,17 +197,7 @@ mod tests {
     #[test]
     fn the_fine_cell_bound_never_exceeds_a_real_distance_and_fine_cells_nest() {
         let centre = p(53.9601, -1.0001);
-        let mut state = 54_321u64;
-        for _ in 0..20_000 {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            let dlat = (state >> 33) as i64 % 60_000 - 30_000;
-            let dlon = (state >> 13) as i64 % 100_000 - 50_000;
-            let q = GeoPoint {
-                lat_e6: centre.lat_e6 + dlat as i32,
-                lon_e6: centre.lon_e6 + dlon as i32,
-            };
+        for q in scattered(centre, 54_321, 30_000, 50_000) {
             let fine = fine_cell(&q);
             assert!(
                 min_distance_to_fine_cell_m(&centre, fine) <= distance_m(&centre, &q),
