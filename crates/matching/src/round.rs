@@ -157,10 +157,12 @@ pub fn evaluate(
 /// then provider slot). Exact for a round of `n` needs: some optimal matching gives every need
 /// one of its own `n` best providers (at most `n - 1` others can take them), so nothing beyond
 /// them can matter. The search visits the grid cells within reach nearest first (by a lower
-/// bound on distance) and stops once the `n`-th best score beats the best any offer in the
-/// remaining cells could score.
+/// bound on distance: coarse cells for engines 1 and 2, fine cells for engine 3, see
+/// [`Search`]) and stops once the `n`-th best score beats the best any offer in the remaining
+/// cells could score.
 ///
-/// Also returns an upper bound on the score of any eligible provider left out (`None`: none was).
+/// The [`Found`] list comes with an upper bound on the score of any eligible provider left out,
+/// and counts of the offers looked at and judged.
 fn best_providers(
     state: &State,
     need_id: &EntityId,
