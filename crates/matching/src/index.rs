@@ -202,6 +202,7 @@ impl SpatialIndex {
         Nearest {
             index: self,
             at: *at,
+            reach_m,
             limit_m: reach_m,
             beyond_limit: None,
             frontier,
@@ -258,9 +259,11 @@ impl Ord for Step<'_> {
 pub struct Nearest<'a> {
     index: &'a SpatialIndex,
     at: GeoPoint,
-    /// Cells farther than this are left out.
+    /// How far the walk was asked to go: cells beyond hold nothing the caller wants.
+    reach_m: u32,
+    /// Cells farther than this are left out (at most `reach_m`).
     limit_m: u32,
-    /// The nearest bound of a cell left out by the limit.
+    /// The nearest bound of a cell within reach left out by the limit.
     beyond_limit: Option<u32>,
     frontier: BinaryHeap<Reverse<Step<'a>>>,
 }
@@ -271,8 +274,9 @@ impl<'a> Nearest<'a> {
         self.limit_m = self.limit_m.min(metres);
     }
 
-    /// The nearest any offer not yet yielded can be: the bound of the next cell, or of the
-    /// nearest cell left out by the limit (`None`: no offer is left at all).
+    /// The nearest any offer within reach not yet yielded can be: the bound of the next cell,
+    /// or of the nearest cell within reach left out by the limit (`None`: no offer in reach is
+    /// left).
     pub fn unvisited_bound(&mut self) -> Option<u32> {
         let next = self.peek_bound();
         match (next, self.beyond_limit) {
@@ -288,7 +292,11 @@ impl<'a> Nearest<'a> {
         self.frontier.peek().map(|Reverse(step)| step.bound)
     }
 
+    /// A cell at `bound` is left out: if it is within reach, only the limit kept it out.
     fn leave_out(&mut self, bound: u32) {
+        if bound > self.reach_m {
+            return;
+        }
         self.beyond_limit = Some(self.beyond_limit.map_or(bound, |b| b.min(bound)));
     }
 
@@ -483,6 +491,45 @@ mod tests {
             let walked_set: BTreeSet<u32> = walked.iter().copied().collect();
             prop_assert_eq!(walked_set.len(), walked.len(), "an offer walked twice");
             prop_assert!(expected.is_subset(&walked_set));
+            // Offers beyond reach are no reason to look further.
+            prop_assert_eq!(walk.unvisited_bound(), None);
+        }
+
+        /// A walk limited short of its reach yields every offer within the limit, and what it
+        /// leaves unvisited within reach is never nearer than it says.
+        #[test]
+        fn a_limited_walk_bounds_what_it_leaves_out(
+            ops in proptest::collection::vec(op(), 1..120),
+            dlat in -60_000i32..60_000,
+            dlon in -100_000i32..100_000,
+            reach in 0u32..15_000,
+            limit_per_mille in 0u32..1_000,
+            kind in 0usize..3,
+        ) {
+            let (index, truth) = build(&ops);
+            let at = GeoPoint { lat_e6: CENTRE.lat_e6 + dlat, lon_e6: CENTRE.lon_e6 + dlon };
+            let kind = KINDS[kind];
+            let reach = reach.min(index.max_radius_m());
+            let limit = reach / 1_000 * limit_per_mille;
+            let mut walk = index.nearest(&at, reach);
+            walk.limit(limit);
+            let mut walked = BTreeSet::new();
+            for (_, bucket) in walk.by_ref() {
+                walked.extend(bucket.serving(kind, 0).map(|e| e.slot));
+            }
+            prop_assert!(within(&truth, kind, 0, &at, limit).is_subset(&walked));
+            let left: Vec<u32> = within(&truth, kind, 0, &at, reach)
+                .into_iter()
+                .filter(|slot| !walked.contains(slot))
+                .map(|slot| geo::distance_m(&at, &truth[&slot].as_ref().expect("live").0))
+                .collect();
+            match walk.unvisited_bound() {
+                None => prop_assert!(left.is_empty(), "offers at {:?} left unreported", left),
+                Some(bound) => {
+                    prop_assert!(bound > limit);
+                    prop_assert!(left.iter().all(|d| *d >= bound), "{:?} nearer than {}", left, bound);
+                }
+            }
         }
     }
 

@@ -249,6 +249,15 @@ fn best_providers(
             if let Some(nearest) = walk.unvisited_bound() {
                 list.beyond = list.beyond.max(Some(list.ceiling(nearest)));
             }
+            // A list that never filled skipped nothing and walked all in reach: widening it
+            // again could not add a provider (this is what ends the widening loop).
+            debug_assert!(
+                list.best.len() >= list.n || list.beyond.is_none(),
+                "a list of {} (of {}) left something out: {:?}",
+                list.best.len(),
+                list.n,
+                list.beyond
+            );
         }
     }
     let Shortlist {
