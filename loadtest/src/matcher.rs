@@ -36,9 +36,8 @@ pub struct Args {
     /// The engine the pandemic replay decides its rounds with (default: the matcher's).
     #[arg(long, default_value_t = muster_matching::round::ENGINE)]
     engine: u16,
-    /// The short-list engines run on the flood and scarce states, next to engine 1 (engine 3
-    /// takes many minutes on scarce: see BENCHMARKS.md).
-    #[arg(long, value_delimiter = ',', default_value = "2")]
+    /// The short-list engines run on the flood and scarce states, next to engine 1.
+    #[arg(long, value_delimiter = ',', default_value = "2,3")]
     engines: Vec<u16>,
 }
 
@@ -446,7 +445,8 @@ fn run_scenario(name: &str, mix: &Mix, seed: u64, engines: &[u16]) {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
-        "matcher benchmark (engine only, one core), seed {}",
+        "matcher benchmark (engine only; folds on one core, short-list rounds search on up to {} threads), seed {}",
+        muster_matching::round::SEARCH_THREADS,
         args.seed
     );
     if let Some(e) = args.engines.iter().find(|e| !(2..=3).contains(*e)) {

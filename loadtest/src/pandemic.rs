@@ -331,6 +331,14 @@ pub fn run(scale: f64, seed: u64, engine: u16) -> anyhow::Result<()> {
         .filter(|(open, _, _)| (200..=400).contains(open))
         .map(|(_, us, stats)| (*us, *stats))
         .collect();
+    // The slowest of them, and what they cost per need: where a p99 comes from.
+    let mut slowest: Vec<(u64, usize)> = first
+        .rounds
+        .iter()
+        .filter(|(open, _, _)| (200..=400).contains(open))
+        .map(|(open, us, _)| (*us, *open))
+        .collect();
+    slowest.sort_unstable_by(|a, b| b.cmp(a));
     if near_300.is_empty() {
         let opens: Vec<usize> = first.rounds.iter().map(|(o, _, _)| *o).collect();
         println!(
@@ -348,6 +356,19 @@ pub fn run(scale: f64, seed: u64, engine: u16) -> anyhow::Result<()> {
             near_300.len(),
             q(&h, 0.5),
             q(&h, 0.99)
+        );
+        println!(
+            "  slowest: {}",
+            slowest
+                .iter()
+                .take(4)
+                .map(|(us, open)| format!(
+                    "{open} needs in {:.2} ms ({:.1} us/need)",
+                    *us as f64 / 1000.0,
+                    *us as f64 / *open as f64
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         let stats: Vec<WideningStats> = near_300.iter().filter_map(|(_, s)| *s).collect();
         if !stats.is_empty() {

@@ -43,9 +43,9 @@ pub fn distance_m(a: &GeoPoint, b: &GeoPoint) -> u32 {
     let cos = cos_table()[(mid / 10_000).min(9_000) as usize];
     let dy_mm = i128::from(dlat) * MM_PER_MICRODEGREE;
     let dx_mm = (i128::from(dlon) * MM_PER_MICRODEGREE * cos) >> 30;
-    // |dx|, |dy| < 2^36 mm: exact as f64; products, sum and sqrt are IEEE-rounded the same on
-    // every platform.
-    let (dx, dy) = (dx_mm as f64, dy_mm as f64);
+    // |dx|, |dy| < 2^36 mm: exact as i64 and as f64 (through i64: no slow i128 conversion);
+    // products, sum and sqrt are IEEE-rounded the same on every platform.
+    let (dx, dy) = (dx_mm as i64 as f64, dy_mm as i64 as f64);
     let mm = (dx * dx + dy * dy).sqrt();
     (mm / 1000.0) as u32
 }
@@ -93,32 +93,107 @@ pub fn min_distance_to_fine_cell_m(p: &GeoPoint, fine: (i32, i32)) -> u32 {
 /// A lower bound on [`distance_m`] from `p` to any point of the square `cell` of a grid of
 /// `size` microdegrees.
 fn min_distance_to_square_m(p: &GeoPoint, cell: (i32, i32), size: i32) -> u32 {
-    let lat0 = i64::from(cell.0) * i64::from(size);
-    let lon0 = i64::from(cell.1) * i64::from(size);
-    let (lat1, lon1) = (lat0 + i64::from(size), lon0 + i64::from(size));
-    let (plat, plon) = (i64::from(p.lat_e6), i64::from(p.lon_e6));
-    let dlat = if plat < lat0 {
-        lat0 - plat
-    } else if plat > lat1 {
-        plat - lat1
+    let row = SquareRow::new(p, cell.0, size);
+    row.bound(lon_gap(p, cell.1, size))
+}
+
+/// How far (in microdegrees, 0 inside) `value` lies from the span `[lo, lo + size]`.
+fn gap(value: i64, lo: i64, size: i32) -> i64 {
+    let hi = lo + i64::from(size);
+    if value < lo {
+        lo - value
+    } else if value > hi {
+        value - hi
     } else {
         0
-    };
-    let dlon = if plon < lon0 {
-        lon0 - plon
-    } else if plon > lon1 {
-        plon - lon1
-    } else {
-        0
-    };
-    // The smallest cosine any mean latitude of p and a point of the cell can have: the most
-    // poleward latitude involved, rounded poleward in the table.
-    let poleward = plat.abs().max(lat0.abs()).max(lat1.abs()).min(90_000_000) as u64;
-    let cos = cos_table()[(poleward.div_ceil(10_000)).min(9_000) as usize];
-    let dy = (i128::from(dlat) * MM_PER_MICRODEGREE) as f64;
-    let dx = ((i128::from(dlon) * MM_PER_MICRODEGREE * cos) >> 30) as f64;
-    let mm = (dx * dx + dy * dy).sqrt();
-    ((mm / 1000.0) as u32).saturating_sub(1)
+    }
+}
+
+/// The longitude gap from `p` to column `col` of a grid of `size` microdegrees.
+fn lon_gap(p: &GeoPoint, col: i32, size: i32) -> i64 {
+    gap(i64::from(p.lon_e6), i64::from(col) * i64::from(size), size)
+}
+
+/// What a square's distance bound takes from its row alone: the latitude gap and the cosine.
+#[derive(Debug, Clone, Copy)]
+struct SquareRow {
+    dy_mm: f64,
+    cos: i128,
+}
+
+impl SquareRow {
+    fn new(p: &GeoPoint, row: i32, size: i32) -> Self {
+        let lat0 = i64::from(row) * i64::from(size);
+        let lat1 = lat0 + i64::from(size);
+        let plat = i64::from(p.lat_e6);
+        let dlat = gap(plat, lat0, size);
+        // The smallest cosine any mean latitude of p and a point of the square can have: the
+        // most poleward latitude involved, rounded poleward in the table.
+        let poleward = plat.abs().max(lat0.abs()).max(lat1.abs()).min(90_000_000) as u64;
+        let cos = cos_table()[(poleward.div_ceil(10_000)).min(9_000) as usize];
+        // As in distance_m: below 2^36 mm, exact through i64.
+        let dy_mm = (i128::from(dlat) * MM_PER_MICRODEGREE) as i64 as f64;
+        Self { dy_mm, cos }
+    }
+
+    /// The bound for the square of this row `dlon` microdegrees of longitude away.
+    fn bound(&self, dlon: i64) -> u32 {
+        let dx = ((i128::from(dlon) * MM_PER_MICRODEGREE * self.cos) >> 30) as i64 as f64;
+        let mm = (dx * dx + self.dy_mm * self.dy_mm).sqrt();
+        ((mm / 1000.0) as u32).saturating_sub(1)
+    }
+}
+
+/// [`min_distance_to_fine_cell_m`] for the fine cells of one coarse cell, each row's and
+/// column's part worked out once: what opening a coarse cell costs a nearest-first walk.
+#[derive(Debug, Clone)]
+pub struct FineBounds {
+    first: (i32, i32),
+    rows: [SquareRow; FINE_PER_CELL],
+    cols: [i64; FINE_PER_CELL],
+}
+
+/// Fine cells along each side of a coarse cell.
+pub const FINE_PER_CELL: usize = (CELL_MICRODEGREES / FINE_CELL_MICRODEGREES) as usize;
+
+impl FineBounds {
+    /// The bounds from `p` to the fine cells of the coarse `cell`.
+    pub fn new(p: &GeoPoint, cell: (i32, i32)) -> Self {
+        let k = FINE_PER_CELL as i32;
+        let first = (cell.0 * k, cell.1 * k);
+        Self {
+            first,
+            rows: std::array::from_fn(|i| {
+                SquareRow::new(p, first.0 + i as i32, FINE_CELL_MICRODEGREES)
+            }),
+            cols: std::array::from_fn(|j| lon_gap(p, first.1 + j as i32, FINE_CELL_MICRODEGREES)),
+        }
+    }
+
+    /// Where `fine`, one of the coarse cell's, lies in it: row and column.
+    pub fn place(&self, fine: (i32, i32)) -> (usize, usize) {
+        (
+            (fine.0 - self.first.0) as usize,
+            (fine.1 - self.first.1) as usize,
+        )
+    }
+
+    /// How far (microdegrees of longitude) column `j` is: the bounds of a row's cells rise
+    /// with it.
+    pub fn col_gap(&self, j: usize) -> i64 {
+        self.cols[j]
+    }
+
+    /// Exactly [`min_distance_to_fine_cell_m`] for the fine cell at row `i`, column `j`.
+    pub fn bound_at(&self, i: usize, j: usize) -> u32 {
+        self.rows[i].bound(self.cols[j])
+    }
+
+    /// Exactly [`min_distance_to_fine_cell_m`] for `fine`, one of the coarse cell's.
+    pub fn bound(&self, fine: (i32, i32)) -> u32 {
+        let (i, j) = self.place(fine);
+        self.bound_at(i, j)
+    }
 }
 
 /// The cells that may hold a point within `radius_m` of `p` (a superset: callers check distance).
@@ -213,6 +288,29 @@ mod tests {
         // Across the prime meridian and the equator, too.
         let q = p(-0.0001, -0.0001);
         assert_eq!(coarse_of(fine_cell(&q)), cell(&q));
+    }
+
+    #[test]
+    fn a_coarse_cells_fine_bounds_are_exactly_the_fine_cell_bound() {
+        for centre in [p(53.9601, -1.0001), p(-0.0001, 0.0002), p(-33.87, 151.21)] {
+            for q in scattered(centre, 777, 60_000, 100_000) {
+                let coarse = cell(&q);
+                let fine = fine_cell(&q);
+                for cell in [coarse, cell(&centre)] {
+                    let bounds = FineBounds::new(&centre, cell);
+                    let k = FINE_PER_CELL as i32;
+                    let in_cell = (
+                        cell.0 * k + fine.0.rem_euclid(k),
+                        cell.1 * k + fine.1.rem_euclid(k),
+                    );
+                    assert_eq!(
+                        bounds.bound(in_cell),
+                        min_distance_to_fine_cell_m(&centre, in_cell),
+                        "{centre:?} {in_cell:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

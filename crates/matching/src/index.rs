@@ -189,14 +189,11 @@ impl SpatialIndex {
     /// early, or lowers the walk's [`Nearest::limit`], never touches the cells beyond.
     pub fn nearest<'a>(&'a self, at: &GeoPoint, reach_m: u32) -> Nearest<'a> {
         let reach_m = reach_m.min(self.max_radius_m);
-        let mut frontier = BinaryHeap::new();
+        let mut frontier = BinaryHeap::with_capacity(64);
         for cell in geo::cells_within(at, reach_m) {
             let bound = geo::min_distance_to_cell_m(at, cell);
             if bound <= reach_m {
-                frontier.push(Reverse(Step {
-                    bound,
-                    cell: Held::Coarse(cell),
-                }));
+                frontier.push(Reverse(Step::new(bound, cell, Held::Coarse)));
             }
         }
         Nearest {
@@ -206,37 +203,68 @@ impl SpatialIndex {
             limit_m: reach_m,
             beyond_limit: None,
             frontier,
+            bounds: Vec::new(),
         }
     }
 }
 
-/// What a frontier step holds: a coarse cell not yet opened, or a fine cell's offers. At equal
-/// bounds coarse cells open first.
+/// What a step of the walk holds. A coarse cell not yet opened; one row of an opened coarse
+/// cell's fine cells, not yet laid out (its bound is its nearest cell's); a fine cell's offers.
+/// A cell enters the walk only once its row is reached: opening a coarse cell costs ten rows,
+/// not a hundred cells.
 #[derive(Debug, Clone, Copy)]
 enum Held<'a> {
-    Coarse(Cell),
-    Fine(Cell, &'a Bucket),
+    Coarse,
+    Row {
+        fines: &'a BTreeMap<Cell, Bucket>,
+        /// Which of the walk's [`geo::FineBounds`] has the coarse cell's bounds.
+        bounds: u32,
+    },
+    Fine(&'a Bucket),
 }
 
 impl Held<'_> {
-    fn key(&self) -> (u8, Cell) {
+    /// At equal bounds coarse cells open first, then rows, before any fine cell is yielded.
+    fn rank(&self) -> u128 {
         match self {
-            Held::Coarse(c) => (0, *c),
-            Held::Fine(c, _) => (1, *c),
+            Held::Coarse => 0,
+            Held::Row { .. } => 1,
+            Held::Fine(_) => 2,
         }
     }
 }
 
-/// A step of the walk, ordered by bound, then coarse before fine, then cell.
+/// A step of the walk, ordered by bound, then [`Held::rank`], then cell (for a row: its first
+/// cell): all packed in one integer, so the heap compares integers.
 #[derive(Debug)]
 struct Step<'a> {
-    bound: u32,
-    cell: Held<'a>,
+    key: u128,
+    held: Held<'a>,
+}
+
+impl<'a> Step<'a> {
+    fn new(bound: u32, cell: Cell, held: Held<'a>) -> Self {
+        // Flipping the sign bit orders an i32 as an u32.
+        let flip = |x: i32| u128::from(x as u32 ^ 0x8000_0000);
+        Self {
+            key: u128::from(bound) << 72 | held.rank() << 64 | flip(cell.0) << 32 | flip(cell.1),
+            held,
+        }
+    }
+
+    fn bound(&self) -> u32 {
+        (self.key >> 72) as u32
+    }
+
+    fn cell(&self) -> Cell {
+        let unflip = |x: u128| (x as u32 ^ 0x8000_0000) as i32;
+        (unflip(self.key >> 32), unflip(self.key))
+    }
 }
 
 impl PartialEq for Step<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == std::cmp::Ordering::Equal
+        self.key == other.key
     }
 }
 
@@ -250,7 +278,7 @@ impl PartialOrd for Step<'_> {
 
 impl Ord for Step<'_> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.bound, self.cell.key()).cmp(&(other.bound, other.cell.key()))
+        self.key.cmp(&other.key)
     }
 }
 
@@ -266,6 +294,8 @@ pub struct Nearest<'a> {
     /// The nearest bound of a cell within reach left out by the limit.
     beyond_limit: Option<u32>,
     frontier: BinaryHeap<Reverse<Step<'a>>>,
+    /// The fine-cell bounds of each coarse cell opened.
+    bounds: Vec<geo::FineBounds>,
 }
 
 impl<'a> Nearest<'a> {
@@ -289,7 +319,7 @@ impl<'a> Nearest<'a> {
     /// the limit). Every offer in it and in every later cell is at least this far away.
     pub fn peek_bound(&mut self) -> Option<u32> {
         self.settle();
-        self.frontier.peek().map(|Reverse(step)| step.bound)
+        self.frontier.peek().map(|Reverse(step)| step.bound())
     }
 
     /// A cell at `bound` is left out: if it is within reach, only the limit kept it out.
@@ -300,36 +330,77 @@ impl<'a> Nearest<'a> {
         self.beyond_limit = Some(self.beyond_limit.map_or(bound, |b| b.min(bound)));
     }
 
-    /// Opens coarse cells, and drops cells beyond the limit, until a fine cell within it is
-    /// first in line (a coarse cell's bound never exceeds its fine cells', so the order stays
-    /// nearest first).
+    /// Puts a step in line if it is within the limit, else leaves it out.
+    fn enter(&mut self, bound: u32, cell: Cell, held: Held<'a>) {
+        if bound <= self.limit_m {
+            self.frontier.push(Reverse(Step::new(bound, cell, held)));
+        } else {
+            self.leave_out(bound);
+        }
+    }
+
+    /// Opens coarse cells and rows, and drops cells beyond the limit, until a fine cell within
+    /// it is first in line. A coarse cell's bound never exceeds its fine cells', nor a row's
+    /// its cells' (it is their least), so the fine cells come out nearest first.
     fn settle(&mut self) {
         while let Some(Reverse(first)) = self.frontier.peek() {
-            let bound = first.bound;
+            let bound = first.bound();
             if bound > self.limit_m {
                 // Everything left is beyond the limit.
                 self.leave_out(bound);
                 self.frontier.clear();
                 return;
             }
-            let Held::Coarse(cell) = first.cell else {
-                return;
-            };
-            self.frontier.pop();
-            let Some(fines) = self.index.cells.get(&cell) else {
-                continue;
-            };
-            for (fine, bucket) in fines {
-                let bound = geo::min_distance_to_fine_cell_m(&self.at, *fine);
-                if bound <= self.limit_m {
-                    self.frontier.push(Reverse(Step {
-                        bound,
-                        cell: Held::Fine(*fine, bucket),
-                    }));
-                } else {
-                    self.leave_out(bound);
+            let (cell, held) = (first.cell(), first.held);
+            match held {
+                Held::Fine(_) => return,
+                Held::Coarse => {
+                    self.frontier.pop();
+                    self.open(cell);
+                }
+                Held::Row { fines, bounds } => {
+                    self.frontier.pop();
+                    let row = cell.0;
+                    let all = std::mem::take(&mut self.bounds);
+                    let b = &all[bounds as usize];
+                    for (fine, bucket) in fines.range((row, i32::MIN)..=(row, i32::MAX)) {
+                        self.enter(b.bound(*fine), *fine, Held::Fine(bucket));
+                    }
+                    self.bounds = all;
                 }
             }
+        }
+    }
+
+    /// Puts the rows of a coarse cell's fine cells in line, each at its nearest cell's bound.
+    fn open(&mut self, cell: Cell) {
+        let Some(fines) = self.index.cells.get(&cell) else {
+            return;
+        };
+        let bounds = geo::FineBounds::new(&self.at, cell);
+        // Per row: its first cell and the column of its nearest (the bound rises with the
+        // column's longitude gap).
+        let mut rows: [Option<(Cell, usize)>; geo::FINE_PER_CELL] = [None; geo::FINE_PER_CELL];
+        for fine in fines.keys() {
+            let (i, j) = bounds.place(*fine);
+            match &mut rows[i] {
+                None => rows[i] = Some((*fine, j)),
+                Some((_, nearest)) => {
+                    if bounds.col_gap(j) < bounds.col_gap(*nearest) {
+                        *nearest = j;
+                    }
+                }
+            }
+        }
+        let id = self.bounds.len() as u32;
+        let row_bounds: Vec<(u32, Cell)> = rows
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.map(|(first, j)| (bounds.bound_at(i, j), first)))
+            .collect();
+        self.bounds.push(bounds);
+        for (bound, first) in row_bounds {
+            self.enter(bound, first, Held::Row { fines, bounds: id });
         }
     }
 }
@@ -340,10 +411,10 @@ impl<'a> Iterator for Nearest<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         self.settle();
         let Reverse(step) = self.frontier.pop()?;
-        let Held::Fine(_, bucket) = step.cell else {
+        let Held::Fine(bucket) = step.held else {
             unreachable!("settle leaves a fine cell first in line");
         };
-        Some((step.bound, bucket))
+        Some((step.bound(), bucket))
     }
 }
 

@@ -1,7 +1,7 @@
 //! A round: for the state as of stream sequence S and the incident's policy, the assignments to
 //! propose. Depends on nothing but the state, so replaying the log reproduces it exactly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use muster_schema::EntityId;
@@ -100,7 +100,7 @@ struct Candidate {
 /// `None` for a withdrawn offer. The one place a candidate is judged.
 fn judge(
     state: &State,
-    need_id: &EntityId,
+    declined: Option<&BTreeSet<u32>>,
     need: &crate::state::Need,
     slot: u32,
     waited_us: i64,
@@ -114,7 +114,7 @@ fn judge(
         now: state.now,
         remaining_capacity: offer.remaining(),
         provider_load: provider.load,
-        declined: state.declined_slot(need_id, offer.provider),
+        declined: declined.is_some_and(|d| d.contains(&offer.provider)),
     };
     let policy = &state.policy;
     let spec = &need.spec;
@@ -141,13 +141,14 @@ pub fn evaluate(
     let spec = &need.spec;
     let min_level = need.required_level();
     let waited = need.waited_us(state.now);
+    let declined = state.declined_by(need_id);
     for slot in state.index.candidates(
         spec.category,
         min_level,
         &spec.location,
         policy.max_radius_m,
     ) {
-        if let Some(outcome) = judge(state, need_id, need, slot, waited) {
+        if let Some(outcome) = judge(state, declined, need, slot, waited) {
             visit(slot, outcome);
         }
     }
@@ -176,7 +177,7 @@ fn best_providers(
     let reach = policy.max_radius_m.min(state.index.max_radius_m());
     let mut list = Shortlist {
         state,
-        need_id,
+        declined: state.declined_by(need_id),
         need,
         n: n.max(1),
         waited: need.waited_us(state.now),
@@ -187,6 +188,7 @@ fn best_providers(
         nth: None,
         looked: 0,
         judged: 0,
+        scratch: Vec::new(),
     };
     match search {
         Search::Full | Search::Lean => {
@@ -212,7 +214,11 @@ fn best_providers(
         }
         Search::Nearest => {
             let mut walk = state.index.nearest(&spec.location, reach);
-            let mut order: Vec<(i64, u32)> = Vec::new();
+            // The cell's offers to judge, most promising first: see `Promise`.
+            let mut order: Vec<Promise> = Vec::new();
+            // Once the list is full: the farthest an offer can be and still enter it, where
+            // that is short of the reach.
+            let mut within: Option<u32> = None;
             while let Some(nearest) = walk.peek_bound() {
                 if let Some(kth) = list.nth {
                     let bound = list.ceiling(nearest);
@@ -224,25 +230,39 @@ fn best_providers(
                 let Some((_, bucket)) = walk.next() else {
                     break;
                 };
-                // The cell's offers, most promising first by their distance alone (ties: slot).
+                // Offers too far to enter the list are left out unjudged, and unsorted: the
+                // nearest of them bounds what they could have scored.
                 order.clear();
-                order.extend(bucket.serving(spec.category, min_level).map(|e| {
+                let mut nearest_left_out: Option<u32> = None;
+                for e in bucket.serving(spec.category, min_level) {
+                    list.looked += 1;
                     let d = geo::distance_m(&spec.location, &e.at);
-                    (list.ceiling(d), e.slot)
-                }));
-                list.looked += order.len() as u64;
-                order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-                for &(ceiling, slot) in &order {
+                    if within.is_some_and(|w| d > w) {
+                        nearest_left_out = Some(nearest_left_out.map_or(d, |n| n.min(d)));
+                    } else {
+                        order.push(Promise::new(list.ceiling(d), e.slot));
+                    }
+                }
+                order.sort_unstable();
+                let mut stopped = false;
+                for promise in &order {
+                    let (ceiling, slot) = promise.get();
                     if list.nth.is_some_and(|kth| ceiling < kth) {
                         // This offer and the rest of the cell cannot reach the list.
                         list.beyond = list.beyond.max(Some(ceiling));
+                        stopped = true;
                         break;
                     }
                     list.take(slot);
                 }
+                if !stopped && let Some(d) = nearest_left_out {
+                    list.beyond = list.beyond.max(Some(list.ceiling(d)));
+                }
                 list.trim();
                 if let Some(kth) = list.nth {
-                    walk.limit(list.reach_for(kth, reach));
+                    let farthest = list.reach_for(kth, reach);
+                    walk.limit(farthest);
+                    within = (farthest < reach).then_some(farthest);
                 }
             }
             // Whatever the walk did not reach is at least this far away.
@@ -277,6 +297,36 @@ fn best_providers(
     }
 }
 
+/// An id's first 16 bytes as a big-endian integer (zero-padded): where two ids' prefixes
+/// differ, they order as the ids do.
+fn id_prefix(id: &ProviderKey) -> u128 {
+    let mut bytes = [0u8; 16];
+    let s = id.as_str().as_bytes();
+    let n = s.len().min(16);
+    bytes[..n].copy_from_slice(&s[..n]);
+    u128::from_be_bytes(bytes)
+}
+
+/// An offer of a cell engine 3 walks, with the best score its distance allows: ordered by that
+/// score, highest first, then by slot (one integer compare).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Promise(u128);
+
+impl Promise {
+    /// Flipping the sign bit orders an i64 as an u64; inverting it puts the highest first.
+    const SIGN: u64 = 1 << 63;
+
+    fn new(ceiling: i64, slot: u32) -> Self {
+        let high_first = !(ceiling as u64 ^ Self::SIGN);
+        Self(u128::from(high_first) << 32 | u128::from(slot))
+    }
+
+    fn get(self) -> (i64, u32) {
+        let high_first = (self.0 >> 32) as u64;
+        ((!high_first ^ Self::SIGN) as i64, self.0 as u32)
+    }
+}
+
 /// What [`best_providers`] found, and how much it looked at.
 struct Found {
     best: BTreeMap<u32, Candidate>,
@@ -303,7 +353,8 @@ enum Search {
 /// A need's list as [`best_providers`] builds it.
 struct Shortlist<'a> {
     state: &'a State,
-    need_id: &'a EntityId,
+    /// The provider slots that declined the need.
+    declined: Option<&'a BTreeSet<u32>>,
     need: &'a crate::state::Need,
     n: usize,
     waited: i64,
@@ -318,6 +369,8 @@ struct Shortlist<'a> {
     nth: Option<i64>,
     looked: u64,
     judged: u64,
+    /// Room to find the n-th best score in.
+    scratch: Vec<i64>,
 }
 
 impl Shortlist<'_> {
@@ -333,7 +386,9 @@ impl Shortlist<'_> {
         if self.best.len() < self.n {
             return false;
         }
-        let mut scores: Vec<i64> = self.best.values().map(|c| c.score.total).collect();
+        let scores = &mut self.scratch;
+        scores.clear();
+        scores.extend(self.best.values().map(|c| c.score.total));
         let (_, kth, _) = scores.select_nth_unstable_by(self.n - 1, |a, b| b.cmp(a));
         let kth = *kth;
         self.nth = Some(kth);
@@ -394,7 +449,7 @@ impl Shortlist<'_> {
         let state = self.state;
         self.judged += 1;
         let Some(Ok((distance_m, score))) =
-            judge(state, self.need_id, self.need, slot, self.waited)
+            judge(state, self.declined, self.need, slot, self.waited)
         else {
             return;
         };
@@ -419,7 +474,9 @@ impl Shortlist<'_> {
             && self.best.len() >= self.n
             && self.nth.is_none_or(|kth| score.total > kth)
         {
-            let mut scores: Vec<i64> = self.best.values().map(|c| c.score.total).collect();
+            let scores = &mut self.scratch;
+            scores.clear();
+            scores.extend(self.best.values().map(|c| c.score.total));
             let (_, kth, _) = scores.select_nth_unstable_by(self.n - 1, |a, b| b.cmp(a));
             self.nth = Some(*kth);
         }
@@ -456,6 +513,52 @@ fn keep_best(best: &mut BTreeMap<u32, Candidate>, n: usize, beyond: &mut Option<
     *beyond = (*beyond).max(dropped);
     ranked.truncate(n);
     *best = ranked.into_iter().collect();
+}
+
+/// Below this many lists to find, a round finds them on its own thread; above, it shares them
+/// out across [`SEARCH_THREADS`].
+const PARALLEL_FROM: usize = 64;
+
+/// The threads a round's search uses at most (each need's list depends only on the state, so
+/// the round is the same whatever the count).
+pub const SEARCH_THREADS: usize = 2;
+
+/// The lists of `open[i]` for each `i` in `which`, `size[i]` long, in `which`'s order (`None`:
+/// `cancel` was set). Shared out in contiguous runs over up to `threads` threads.
+fn find_lists(
+    state: &State,
+    open: &[(&EntityId, &crate::state::Need)],
+    which: &[usize],
+    size: &[usize],
+    search: Search,
+    cancel: &AtomicBool,
+    threads: usize,
+) -> Option<Vec<Found>> {
+    let run = |part: &[usize]| -> Option<Vec<Found>> {
+        part.iter()
+            .map(|&i| {
+                if cancel.load(Ordering::Relaxed) {
+                    return None;
+                }
+                let (id, need) = open[i];
+                Some(best_providers(state, id, need, size[i], search))
+            })
+            .collect()
+    };
+    if threads < 2 || which.len() < PARALLEL_FROM {
+        return run(which);
+    }
+    let chunk = which.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let mut parts = which.chunks(chunk);
+        let first = parts.next().unwrap_or_default();
+        let others: Vec<_> = parts.map(|part| scope.spawn(move || run(part))).collect();
+        let mut all = run(first)?;
+        for other in others {
+            all.extend(other.join().expect("a search thread panicked")?);
+        }
+        Some(all)
+    })
 }
 
 /// The round's instance: open needs, and per need each provider's best eligible offer.
@@ -498,6 +601,19 @@ impl RoundInstance {
         engine: u16,
         cancel: &AtomicBool,
     ) -> Option<(Self, solver::Solution, WideningStats)> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(SEARCH_THREADS);
+        Self::solve_widening_on(state, engine, cancel, threads)
+    }
+
+    /// As [`RoundInstance::solve_widening_until`], searching on up to `threads` threads.
+    fn solve_widening_on(
+        state: &State,
+        engine: u16,
+        cancel: &AtomicBool,
+        threads: usize,
+    ) -> Option<(Self, solver::Solution, WideningStats)> {
         let search = match engine {
             2 => Search::Lean,
             3 => Search::Nearest,
@@ -507,18 +623,12 @@ impl RoundInstance {
         let open = open_needs(state);
         let mut size = vec![FIRST_LIST; open.len()];
         let mut stats = WideningStats::default();
-        let mut found = |id, need, n| {
-            let f = best_providers(state, id, need, n, search);
+        let every: Vec<usize> = (0..open.len()).collect();
+        let mut lists: Vec<(BTreeMap<u32, Candidate>, Option<i64>)> = Vec::new();
+        for f in find_lists(state, &open, &every, &size, search, cancel, threads)? {
             stats.looked += f.looked;
             stats.judged += f.judged;
-            (f.best, f.beyond)
-        };
-        let mut lists: Vec<(BTreeMap<u32, Candidate>, Option<i64>)> = Vec::new();
-        for (id, need) in &open {
-            if cancelled() {
-                return None;
-            }
-            lists.push(found(id, need, FIRST_LIST));
+            lists.push((f.best, f.beyond));
         }
         loop {
             if cancelled() {
@@ -530,21 +640,24 @@ impl RoundInstance {
                 open.iter().zip(&lists).map(|((id, _), (l, _))| (**id, l)),
             );
             let solved = solver::solve_with_duals(&built.instance());
-            let mut widened = 0;
-            for (i, (id, need)) in open.iter().enumerate() {
-                if let Some(beyond) = lists[i].1
-                    && beyond > solved.row_bound(i)
-                {
-                    if cancelled() {
-                        return None;
-                    }
-                    size[i] = size[i].saturating_mul(WIDEN);
-                    lists[i] = found(id, need, size[i]);
-                    widened += 1;
-                }
+            let widen: Vec<usize> = (0..open.len())
+                .filter(|&i| {
+                    lists[i]
+                        .1
+                        .is_some_and(|beyond| beyond > solved.row_bound(i))
+                })
+                .collect();
+            for &i in &widen {
+                size[i] = size[i].saturating_mul(WIDEN);
             }
-            stats.widened += widened;
-            if widened == 0 {
+            let found = find_lists(state, &open, &widen, &size, search, cancel, threads)?;
+            for (&i, f) in widen.iter().zip(found) {
+                stats.looked += f.looked;
+                stats.judged += f.judged;
+                lists[i] = (f.best, f.beyond);
+            }
+            stats.widened += widen.len() as u32;
+            if widen.is_empty() {
                 stats.candidates = built.candidates.iter().map(Vec::len).sum();
                 return Some((built, solved.solution, stats));
             }
@@ -555,29 +668,44 @@ impl RoundInstance {
         state: &State,
         per_need: impl Iterator<Item = (EntityId, &'a BTreeMap<u32, Candidate>)> + Clone,
     ) -> Self {
-        // Columns in provider-id order, so ties in the solver are broken by ids.
-        let mut used: BTreeMap<&ProviderKey, u32> = BTreeMap::new();
-        for (_, best) in per_need.clone() {
-            for slot in best.keys() {
-                used.insert(&state.providers[*slot as usize].id, *slot);
-            }
-        }
-        let mut column_of_slot: BTreeMap<u32, usize> = BTreeMap::new();
-        let providers: Vec<ProviderKey> = used
-            .iter()
-            .enumerate()
-            .map(|(col, (id, slot))| {
-                column_of_slot.insert(*slot, col);
-                (*id).clone()
-            })
+        // Columns in provider-id order, so ties in the solver are broken by ids. Ids are
+        // compared by their first 16 bytes first (one integer compare, no pointer chase), the
+        // whole id only where those agree.
+        let mut slots: Vec<u32> = per_need
+            .clone()
+            .flat_map(|(_, best)| best.keys().copied())
             .collect();
+        slots.sort_unstable();
+        slots.dedup();
+        let mut by_id: Vec<(u128, u32)> = slots
+            .iter()
+            .map(|&slot| (id_prefix(&state.providers[slot as usize].id), slot))
+            .collect();
+        by_id.sort_unstable_by(|(pa, a), (pb, b)| {
+            pa.cmp(pb).then_with(|| {
+                state.providers[*a as usize]
+                    .id
+                    .cmp(&state.providers[*b as usize].id)
+            })
+        });
+        let providers: Vec<ProviderKey> = by_id
+            .iter()
+            .map(|(_, slot)| state.providers[*slot as usize].id.clone())
+            .collect();
+        // Column of each slot, by slot (`slots` is sorted).
+        let mut column_of_slot = vec![0usize; slots.len()];
+        for (col, (_, slot)) in by_id.iter().enumerate() {
+            let i = slots
+                .binary_search(slot)
+                .expect("every column's slot is listed");
+            column_of_slot[i] = col;
+        }
+        let column = |slot: &u32| column_of_slot[slots.binary_search(slot).expect("listed")];
         let needs = per_need.clone().map(|(id, _)| id).collect();
         let candidates = per_need
             .map(|(_, best)| {
-                let mut row: Vec<(usize, Candidate)> = best
-                    .iter()
-                    .map(|(slot, c)| (column_of_slot[slot], *c))
-                    .collect();
+                let mut row: Vec<(usize, Candidate)> =
+                    best.iter().map(|(slot, c)| (column(slot), *c)).collect();
                 row.sort_by_key(|(col, _)| *col);
                 row
             })
@@ -660,6 +788,14 @@ pub fn round_until(state: &State, cancel: &AtomicBool) -> Option<Round> {
 pub fn round_with_stats(state: &State, engine: u16) -> Option<(Round, WideningStats)> {
     let (built, solution, stats) = RoundInstance::solve_widening(state, engine)?;
     Some((decide(state, engine, &built, &solution), stats))
+}
+
+/// The round for `state` as engine 2 or 3 decides it searching on up to `threads` threads:
+/// the same round whatever the count (`None`: `engine` is neither).
+pub fn round_on_threads(state: &State, engine: u16, threads: usize) -> Option<Round> {
+    let (built, solution, _) =
+        RoundInstance::solve_widening_on(state, engine, &AtomicBool::new(false), threads)?;
+    Some(decide(state, engine, &built, &solution))
 }
 
 /// The round for `state` as engine `engine` decides it (`None`: no such engine).
@@ -795,5 +931,44 @@ impl Round {
     /// Whether this round decides anything at all (an empty round is not recorded).
     pub fn is_empty(&self) -> bool {
         self.proposals.is_empty() && self.expired.is_empty() && self.cancelled.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Promises sort by score, highest first, then by slot, and give back what they hold.
+        #[test]
+        fn promises_order_by_score_then_slot(
+            pairs in proptest::collection::vec((any::<i64>(), any::<u32>()), 1..40),
+        ) {
+            let mut promises: Vec<Promise> = pairs.iter().map(|(c, s)| Promise::new(*c, *s)).collect();
+            promises.sort_unstable();
+            let got: Vec<(i64, u32)> = promises.into_iter().map(Promise::get).collect();
+            let mut expected = pairs;
+            expected.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            prop_assert_eq!(got, expected);
+        }
+
+        /// Ordering ids by their prefix, then in full where prefixes agree, is ordering them in
+        /// full: the solver's columns (and so its tie-breaks) are as they were.
+        #[test]
+        fn ids_order_by_prefix_then_in_full_as_in_full(
+            ids in proptest::collection::vec("(volunteer-number-|vol-|[a-z0-9])[a-z0-9_-]{0,8}", 1..40),
+        ) {
+            let ids: Vec<ProviderKey> = ids
+                .iter()
+                .map(|s| ProviderKey::parse("p", s).expect("valid"))
+                .collect();
+            let mut full = ids.clone();
+            full.sort();
+            let mut by_prefix = ids;
+            by_prefix.sort_by(|a, b| id_prefix(a).cmp(&id_prefix(b)).then_with(|| a.cmp(b)));
+            prop_assert_eq!(by_prefix, full);
+        }
     }
 }

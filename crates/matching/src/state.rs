@@ -194,13 +194,12 @@ impl State {
     /// Whether `provider` declined `need` before.
     pub fn has_declined(&self, need: &EntityId, provider: &ProviderKey) -> bool {
         self.slot_of_provider(provider)
-            .is_some_and(|p| self.declined_slot(need, p))
+            .is_some_and(|p| self.declined_by(need).is_some_and(|d| d.contains(&p)))
     }
 
-    pub(crate) fn declined_slot(&self, need: &EntityId, provider: u32) -> bool {
-        self.declined
-            .get(need)
-            .is_some_and(|d| d.contains(&provider))
+    /// The provider slots that declined `need` (`None`: none did).
+    pub(crate) fn declined_by(&self, need: &EntityId) -> Option<&BTreeSet<u32>> {
+        self.declined.get(need)
     }
 
     fn provider_slot_of(&mut self, id: &ProviderKey) -> u32 {

@@ -1110,6 +1110,46 @@ mod properties {
         s.state
     }
 
+    /// Given a surge of 300 needs (enough for the search to share them out across threads),
+    /// when engines 2 and 3 decide it on one, two and three threads, then every count decides
+    /// the same round, and it is as good as engine 1's.
+    #[test]
+    fn a_round_is_the_same_whatever_the_threads_searching() {
+        let needs: Vec<(i32, i32, u32)> = (0..300)
+            .map(|i| {
+                (
+                    (i * 7_919) % 40_000 - 20_000,
+                    (i * 104_729) % 60_000 - 30_000,
+                    1 + i as u32 % 5,
+                )
+            })
+            .collect();
+        let volunteers: Vec<(i32, i32, u16, u32, bool)> = (0..400)
+            .map(|i| {
+                (
+                    (i * 6_007) % 44_000 - 22_000,
+                    (i * 15_401) % 66_000 - 33_000,
+                    1 + (i % 2) as u16,
+                    3_000 + (i as u32 % 5) * 1_500,
+                    i % 5 == 0,
+                )
+            })
+            .collect();
+        let state = surge(&needs, &volunteers, 3);
+        let optimum = muster_matching::round::round_with(&state, 1).expect("engine 1");
+        for engine in [2, 3] {
+            let one = muster_matching::round::round_on_threads(&state, engine, 1)
+                .expect("a short-list engine");
+            assert!(one.proposals.len() > 100, "{}", one.proposals.len());
+            assert_eq!(one.total_score, optimum.total_score, "engine {engine}");
+            for threads in [2, 3] {
+                let many = muster_matching::round::round_on_threads(&state, engine, threads)
+                    .expect("a short-list engine");
+                assert_eq!(many, one, "engine {engine} on {threads} threads");
+            }
+        }
+    }
+
     #[test]
     fn a_surge_at_one_place_makes_the_short_list_engines_widen() {
         let needs: Vec<(i32, i32, u32)> = (0..20)
