@@ -39,6 +39,10 @@ pub struct Args {
     /// The short-list engines run on the flood and scarce states, next to engine 1.
     #[arg(long, value_delimiter = ',', default_value = "2,3")]
     engines: Vec<u16>,
+    /// Threads a pandemic replay's short-list rounds search on (the matcher uses up to
+    /// `SEARCH_THREADS`, as many as the machine has); the rounds are the same whatever the count.
+    #[arg(long, default_value_t = muster_matching::round::SEARCH_THREADS)]
+    search_threads: usize,
 }
 
 /// SplitMix64: a small, fixed, seedable generator, so a scenario is the same on every machine.
@@ -480,7 +484,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 args.seed,
                 &args.engines,
             ),
-            "pandemic" => crate::pandemic::run(args.pandemic_scale, args.seed, args.engine)?,
+            "pandemic" => crate::pandemic::run(
+                args.pandemic_scale,
+                args.seed,
+                args.engine,
+                args.search_threads,
+            )?,
             other => anyhow::bail!("unknown scenario {other}: flood, scarce or pandemic"),
         }
     }

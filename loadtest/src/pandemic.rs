@@ -170,7 +170,7 @@ struct Outcome {
     matched: usize,
 }
 
-fn replay(inputs: &[(i64, Event)], engine: u16) -> Outcome {
+fn replay(inputs: &[(i64, Event)], engine: u16, threads: usize) -> Outcome {
     let incident = IncidentId::parse("i", "pandemic").expect("valid");
     let mut state = State::default();
     let mut seq = 0u64;
@@ -237,7 +237,8 @@ fn replay(inputs: &[(i64, Event)], engine: u16) -> Outcome {
             .count();
         let t = Instant::now();
         let (r, stats) = if engine >= 2 {
-            let (r, stats) = round_with_stats(&state, engine).expect("an engine checked by run");
+            let (r, stats) =
+                round_with_stats(&state, engine, threads).expect("an engine checked by run");
             (r, Some(stats))
         } else {
             (
@@ -297,7 +298,7 @@ fn replay(inputs: &[(i64, Event)], engine: u16) -> Outcome {
     }
 }
 
-pub fn run(scale: f64, seed: u64, engine: u16) -> anyhow::Result<()> {
+pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result<()> {
     if round_with(&State::default(), engine).is_none() {
         anyhow::bail!("no engine {engine}: this build knows 1..={LATEST_ENGINE}");
     }
@@ -308,9 +309,9 @@ pub fn run(scale: f64, seed: u64, engine: u16) -> anyhow::Result<()> {
         inputs.len(),
         t.elapsed().as_secs_f64()
     );
-    println!("rounds decided by engine {engine}");
-    let first = replay(&inputs, engine);
-    let second = replay(&inputs, engine);
+    println!("rounds decided by engine {engine}, searching on up to {threads} threads");
+    let first = replay(&inputs, engine, threads);
+    let second = replay(&inputs, engine, threads);
     println!(
         "replay: {} events folded in {:.2}s = {:.0} events/s on one core (target >= 200000)",
         first.events,

@@ -38,10 +38,8 @@ pub struct Proposal {
 ///   first instead of its coarse cells (0.05°), judging each cell's offers in order of their
 ///   distance: the same optimum total, reached without judging the thousands of offers a coarse
 ///   cell of a dense town holds. Its lists (and so, where optima tie, its choice among them)
-///   may differ from engine 2's, hence a new engine. Not yet the one the matcher runs: where
-///   supply is sparse and scarce (many needs no eligible provider is left for), searching to
-///   exhaustion cell by fine cell is far slower than engine 2 (see BENCHMARKS.md).
-pub const ENGINE: u16 = 2;
+///   may differ from engine 2's, hence a new engine. The one the matcher runs.
+pub const ENGINE: u16 = 3;
 
 /// The newest engine this build knows; every engine from 1 to this one can still decide (and
 /// so audit) a round.
@@ -783,19 +781,16 @@ pub fn round_until(state: &State, cancel: &AtomicBool) -> Option<Round> {
     Some(decide(state, ENGINE, &built, &solution))
 }
 
-/// The round for `state` as engine 2 or 3 decides it, with how the engine got there (`None`:
-/// `engine` is neither).
-pub fn round_with_stats(state: &State, engine: u16) -> Option<(Round, WideningStats)> {
-    let (built, solution, stats) = RoundInstance::solve_widening(state, engine)?;
-    Some((decide(state, engine, &built, &solution), stats))
-}
-
-/// The round for `state` as engine 2 or 3 decides it searching on up to `threads` threads:
-/// the same round whatever the count (`None`: `engine` is neither).
-pub fn round_on_threads(state: &State, engine: u16, threads: usize) -> Option<Round> {
-    let (built, solution, _) =
+/// The round for `state` as engine 2 or 3 decides it searching on up to `threads` threads (the
+/// same round whatever the count), with how the engine got there (`None`: `engine` is neither).
+pub fn round_with_stats(
+    state: &State,
+    engine: u16,
+    threads: usize,
+) -> Option<(Round, WideningStats)> {
+    let (built, solution, stats) =
         RoundInstance::solve_widening_on(state, engine, &AtomicBool::new(false), threads)?;
-    Some(decide(state, engine, &built, &solution))
+    Some((decide(state, engine, &built, &solution), stats))
 }
 
 /// The round for `state` as engine `engine` decides it (`None`: no such engine).

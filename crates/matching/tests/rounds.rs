@@ -1138,12 +1138,12 @@ mod properties {
         let state = surge(&needs, &volunteers, 3);
         let optimum = muster_matching::round::round_with(&state, 1).expect("engine 1");
         for engine in [2, 3] {
-            let one = muster_matching::round::round_on_threads(&state, engine, 1)
+            let (one, _) = muster_matching::round::round_with_stats(&state, engine, 1)
                 .expect("a short-list engine");
             assert!(one.proposals.len() > 100, "{}", one.proposals.len());
             assert_eq!(one.total_score, optimum.total_score, "engine {engine}");
             for threads in [2, 3] {
-                let many = muster_matching::round::round_on_threads(&state, engine, threads)
+                let (many, _) = muster_matching::round::round_with_stats(&state, engine, threads)
                     .expect("a short-list engine");
                 assert_eq!(many, one, "engine {engine} on {threads} threads");
             }
