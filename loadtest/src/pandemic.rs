@@ -326,20 +326,11 @@ pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result
         q(&first.round_us, 0.99),
         first.round_us.max() as f64 / 1000.0
     );
-    let near_300: Vec<(u64, Option<WideningStats>)> = first
+    let near_300: Vec<&(usize, u64, Option<WideningStats>)> = first
         .rounds
         .iter()
         .filter(|(open, _, _)| (200..=400).contains(open))
-        .map(|(_, us, stats)| (*us, *stats))
         .collect();
-    // The slowest of them, and what they cost per need: where a p99 comes from.
-    let mut slowest: Vec<(u64, usize)> = first
-        .rounds
-        .iter()
-        .filter(|(open, _, _)| (200..=400).contains(open))
-        .map(|(open, us, _)| (*us, *open))
-        .collect();
-    slowest.sort_unstable_by(|a, b| b.cmp(a));
     if near_300.is_empty() {
         let opens: Vec<usize> = first.rounds.iter().map(|(o, _, _)| *o).collect();
         println!(
@@ -349,7 +340,7 @@ pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result
         );
     } else {
         let mut h = Histogram::<u64>::new(3).expect("histogram");
-        for (us, _) in &near_300 {
+        for (_, us, _) in &near_300 {
             let _ = h.record((*us).max(1));
         }
         println!(
@@ -358,6 +349,10 @@ pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result
             q(&h, 0.5),
             q(&h, 0.99)
         );
+        // The slowest of them, and what they cost per need: where a p99 comes from.
+        let mut slowest: Vec<(u64, usize)> =
+            near_300.iter().map(|(open, us, _)| (*us, *open)).collect();
+        slowest.sort_unstable_by(|a, b| b.cmp(a));
         println!(
             "  slowest: {}",
             slowest
@@ -371,7 +366,7 @@ pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let stats: Vec<WideningStats> = near_300.iter().filter_map(|(_, s)| *s).collect();
+        let stats: Vec<WideningStats> = near_300.iter().filter_map(|(_, _, s)| *s).collect();
         if !stats.is_empty() {
             let mean = |f: fn(&WideningStats) -> u64| {
                 stats.iter().map(f).sum::<u64>() as f64 / stats.len() as f64

@@ -372,6 +372,15 @@ struct Shortlist<'a> {
 }
 
 impl Shortlist<'_> {
+    /// The n-th best score listed (the list holds at least `n`).
+    fn nth_best(&mut self) -> i64 {
+        let scores = &mut self.scratch;
+        scores.clear();
+        scores.extend(self.best.values().map(|c| c.score.total));
+        let (_, kth, _) = scores.select_nth_unstable_by(self.n - 1, |a, b| b.cmp(a));
+        *kth
+    }
+
     /// Scores are at most this at distance `d` (fairness at its best).
     fn ceiling(&self, d: u32) -> i64 {
         let policy = &self.state.policy;
@@ -384,11 +393,7 @@ impl Shortlist<'_> {
         if self.best.len() < self.n {
             return false;
         }
-        let scores = &mut self.scratch;
-        scores.clear();
-        scores.extend(self.best.values().map(|c| c.score.total));
-        let (_, kth, _) = scores.select_nth_unstable_by(self.n - 1, |a, b| b.cmp(a));
-        let kth = *kth;
+        let kth = self.nth_best();
         self.nth = Some(kth);
         let bound = self.ceiling(nearest);
         if kth > bound {
@@ -472,11 +477,7 @@ impl Shortlist<'_> {
             && self.best.len() >= self.n
             && self.nth.is_none_or(|kth| score.total > kth)
         {
-            let scores = &mut self.scratch;
-            scores.clear();
-            scores.extend(self.best.values().map(|c| c.score.total));
-            let (_, kth, _) = scores.select_nth_unstable_by(self.n - 1, |a, b| b.cmp(a));
-            self.nth = Some(*kth);
+            self.nth = Some(self.nth_best());
         }
     }
 
@@ -599,9 +600,13 @@ impl RoundInstance {
         engine: u16,
         cancel: &AtomicBool,
     ) -> Option<(Self, solver::Solution, WideningStats)> {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(SEARCH_THREADS);
+        // Asked once: on Linux the answer reads the cgroup files, too slow for every round.
+        static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads = *THREADS.get_or_init(|| {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(SEARCH_THREADS)
+        });
         Self::solve_widening_on(state, engine, cancel, threads)
     }
 
