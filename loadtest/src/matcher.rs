@@ -247,7 +247,7 @@ fn generate(mix: &Mix, seed: u64) -> State {
 /// Whether `s` is a maximum-weight matching of `inst`: no negative cycle in the residual graph
 /// of the equivalent min-cost assignment (costs `-weight`; each row may take its private
 /// zero-cost "unmatched" column; a super node lets a column become free or taken).
-fn certify_optimal(inst: &Instance, s: &Solution) -> bool {
+pub(crate) fn certify_optimal(inst: &Instance, s: &Solution) -> bool {
     let n = inst.rows.len();
     let m = inst.columns;
     // Nodes: rows 0..n, real columns n..n+m, dummy columns n+m..n+m+n, super node last.

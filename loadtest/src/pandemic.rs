@@ -4,7 +4,10 @@
 //!
 //! Measures replay throughput (folding events, one core), every round's decision time against
 //! the number of open needs it considers, time to match by urgency (log time), fairness, and a
-//! hash of every decision: two replays must give the same hash.
+//! hash of every decision: two replays must give the same hash. The second replay also checks
+//! every round's quality: engine 1's instance of the same state (every need's best *n*
+//! providers), solved exactly and certified optimal by the benchmark's own residual-graph check,
+//! against the round decided and against first-come greedy (needs in the order reported).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -12,11 +15,14 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use muster_matching::State;
 use muster_matching::round::round_events;
-use muster_matching::round::{LATEST_ENGINE, WideningStats, round_with, round_with_stats};
+use muster_matching::round::{
+    LATEST_ENGINE, RoundInstance, WideningStats, round_with, round_with_stats,
+};
+use muster_matching::solver::{self, Instance};
 use muster_schema::events::*;
 use muster_schema::*;
 
-use crate::matcher::{Rng, gini};
+use crate::matcher::{Rng, certify_optimal, gini};
 
 const T0: i64 = 1_800_000_000_000_000;
 const MINUTE: i64 = 60_000_000;
@@ -168,15 +174,65 @@ struct Outcome {
     tasks: Vec<u64>,
     needs: usize,
     matched: usize,
+    quality: Option<Quality>,
 }
 
-fn replay(inputs: &[(i64, Event)], engine: u16, threads: usize) -> Outcome {
+/// Every round with open needs against the certified optimum of its state and first-come greedy.
+#[derive(Debug, Default)]
+struct Quality {
+    rounds: usize,
+    /// Rounds whose decided total equals the optimum, and optima the certificate accepted.
+    equal: usize,
+    certified: usize,
+    /// Sums over the rounds: the optimum, what was decided, what greedy reaches.
+    optimum: i128,
+    decided: i128,
+    greedy: i128,
+    /// Greedy's worst round (its share of that round's optimum) and the rounds it fell short in.
+    greedy_worst: f64,
+    greedy_short: usize,
+    took: Duration,
+}
+
+impl Quality {
+    fn check(&mut self, state: &State, decided_total: i64) {
+        let t = Instant::now();
+        let built = RoundInstance::build(state);
+        let inst = built.instance();
+        let exact = solver::solve(&inst);
+        // First come, first served: rows in the order the needs were reported (ties by id).
+        let mut order: Vec<usize> = (0..built.needs.len()).collect();
+        order.sort_by_key(|&i| (state.needs[&built.needs[i]].reported_at, built.needs[i]));
+        let greedy = solver::greedy(&Instance {
+            columns: inst.columns,
+            rows: order.iter().map(|&i| inst.rows[i].clone()).collect(),
+        });
+        self.rounds += 1;
+        self.equal += usize::from(decided_total == exact.total);
+        self.certified += usize::from(certify_optimal(&inst, &exact));
+        self.optimum += i128::from(exact.total);
+        self.decided += i128::from(decided_total);
+        self.greedy += i128::from(greedy.total);
+        if greedy.total < exact.total {
+            self.greedy_short += 1;
+        }
+        let share = greedy.total as f64 / exact.total.max(1) as f64;
+        if self.rounds == 1 || share < self.greedy_worst {
+            self.greedy_worst = share;
+        }
+        self.took += t.elapsed();
+    }
+}
+
+/// Replays the surge, deciding rounds with `engine`; with `check`, also each round's quality.
+fn replay(inputs: &[(i64, Event)], engine: u16, threads: usize, check: bool) -> Outcome {
     let incident = IncidentId::parse("i", "pandemic").expect("valid");
     let mut state = State::default();
     let mut seq = 0u64;
     let mut apply = Duration::ZERO;
     let mut round_us = Histogram::<u64>::new(3).expect("histogram");
     let mut rounds = Vec::new();
+    let mut quality = check.then(Quality::default);
     let mut hash_input: Vec<u8> = Vec::new();
     let mut matched_after_us: BTreeMap<u8, Histogram<u64>> = BTreeMap::new();
     // Completions due (log time, assignment).
@@ -249,6 +305,11 @@ fn replay(inputs: &[(i64, Event)], engine: u16, threads: usize) -> Outcome {
         let us = t.elapsed().as_micros() as u64;
         let _ = round_us.record(us.max(1));
         rounds.push((open, us, stats));
+        if open > 0
+            && let Some(q) = quality.as_mut()
+        {
+            q.check(&state, r.total_score);
+        }
         let decided = round_events(&state, &incident, &r);
         for (_, e) in &decided {
             hash_input.extend_from_slice(format!("{e:?}").as_bytes());
@@ -295,6 +356,7 @@ fn replay(inputs: &[(i64, Event)], engine: u16, threads: usize) -> Outcome {
         tasks,
         needs: state.needs.len(),
         matched,
+        quality,
     }
 }
 
@@ -310,8 +372,8 @@ pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result
         t.elapsed().as_secs_f64()
     );
     println!("rounds decided by engine {engine}, searching on up to {threads} threads");
-    let first = replay(&inputs, engine, threads);
-    let second = replay(&inputs, engine, threads);
+    let first = replay(&inputs, engine, threads, false);
+    let second = replay(&inputs, engine, threads, true);
     println!(
         "replay: {} events folded in {:.2}s = {:.0} events/s on one core (target >= 200000)",
         first.events,
@@ -391,6 +453,20 @@ pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result
             "DIFFERENT"
         }
     );
+    if let Some(q) = &second.quality {
+        let pct = |x: i128| 100.0 * x as f64 / q.optimum.max(1) as f64;
+        println!(
+            "quality, all {} rounds with open needs (second replay, {:.1}s): decided = certified optimum in {} rounds ({} certified), {:.2}% of the optima's sum; first-come greedy {:.3}% (short in {} rounds, worst round {:.3}%)",
+            q.rounds,
+            q.took.as_secs_f64(),
+            q.equal,
+            q.certified,
+            pct(q.decided),
+            pct(q.greedy),
+            q.greedy_short,
+            100.0 * q.greedy_worst
+        );
+    }
     println!("needs matched: {} of {}", first.matched, first.needs);
     for (urgency, h) in &first.matched_after_us {
         println!(
