@@ -67,6 +67,18 @@ fn options() -> rocksdb::Options {
     options
 }
 
+/// Each column family, the default one included, with [`options`]: opened by name alone,
+/// RocksDB gives them its defaults (no bloom filters, no compression), whatever the database's
+/// own options say.
+fn with_options<'a>(cfs: &'a [&'a str]) -> impl Iterator<Item = (&'a str, rocksdb::Options)> {
+    let default = (!cfs.contains(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME))
+        .then_some(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
+    default
+        .into_iter()
+        .chain(cfs.iter().copied())
+        .map(|cf| (cf, options()))
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` with only the default column family.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -76,11 +88,12 @@ impl Store {
     /// Opens (creating if needed) the database at `path` with these column families besides
     /// the default one.
     pub fn open_cfs(path: &Path, cfs: &[&str]) -> Result<Self, StoreError> {
-        let db =
-            rocksdb::DB::open_cf(&options(), path, cfs).map_err(|source| StoreError::Rocks {
+        let db = rocksdb::DB::open_cf_with_opts(&options(), path, with_options(cfs)).map_err(
+            |source| StoreError::Rocks {
                 path: path.display().to_string(),
                 source,
-            })?;
+            },
+        )?;
         Ok(Self {
             db,
             read_only: false,
@@ -94,12 +107,11 @@ impl Store {
         let mut options = options();
         options.create_if_missing(false);
         let db =
-            rocksdb::DB::open_cf_for_read_only(&options, path, cfs, false).map_err(|source| {
-                StoreError::Rocks {
+            rocksdb::DB::open_cf_with_opts_for_read_only(&options, path, with_options(cfs), false)
+                .map_err(|source| StoreError::Rocks {
                     path: path.display().to_string(),
                     source,
-                }
-            })?;
+                })?;
         Ok(Self {
             db,
             read_only: true,
@@ -315,5 +327,58 @@ mod cf_tests {
             ),
             Err(StoreError::ReadOnly { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// The sections of the newest OPTIONS file RocksDB wrote in `dir`, by header.
+    fn written_options(dir: &Path) -> BTreeMap<String, String> {
+        let newest = std::fs::read_dir(dir)
+            .expect("list the database")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|name| name.starts_with("OPTIONS-"))
+            .max_by_key(|name| name["OPTIONS-".len()..].parse::<u64>().unwrap_or(0))
+            .expect("RocksDB writes an OPTIONS file");
+        let text = std::fs::read_to_string(dir.join(newest)).expect("read OPTIONS");
+        let mut sections = BTreeMap::new();
+        let mut header = String::new();
+        for line in text.lines() {
+            if line.starts_with('[') {
+                header = line.to_string();
+            }
+            sections
+                .entry(header.clone())
+                .or_insert_with(String::new)
+                .push_str(line.trim());
+        }
+        sections
+    }
+
+    #[test]
+    fn every_column_family_gets_the_stores_options() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::open_cfs(dir.path(), &["needs", "history"]).expect("open"));
+        let sections = written_options(dir.path());
+        for cf in ["default", "needs", "history"] {
+            let cf_options = &sections[&format!("[CFOptions \"{cf}\"]")];
+            assert!(
+                cf_options.contains("compression=kLZ4Compression"),
+                "{cf}: not LZ4-compressed"
+            );
+            assert!(
+                cf_options.contains("memtable_whole_key_filtering=true"),
+                "{cf}: no memtable bloom filter"
+            );
+            let table = &sections[&format!("[TableOptions/BlockBasedTable \"{cf}\"]")];
+            assert!(
+                table.contains("filter_policy=bloomfilter"),
+                "{cf}: no bloom filter in its tables: {table}"
+            );
+        }
     }
 }
