@@ -147,12 +147,15 @@ impl<'a, R: Read + ?Sized> Tx<'a, R> {
         self.pending.iter().all(HashMap::is_empty)
     }
 
-    /// The changes, to be committed together: `(cf, key, Some(value))` puts, `None` deletes.
+    /// The changes, to be committed together: `(cf, key, Some(value))` puts, `None` deletes;
+    /// each column family's in key order. RocksDB's memtable inserts a sorted run much faster
+    /// than scattered keys: each insert starts its search from where the previous one landed.
     pub fn into_changes(self) -> impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)> {
-        Cf::ALL
-            .into_iter()
-            .zip(self.pending)
-            .flat_map(|(cf, p)| p.into_iter().map(move |(k, v)| (cf, k, v)))
+        Cf::ALL.into_iter().zip(self.pending).flat_map(|(cf, p)| {
+            let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = p.into_iter().collect();
+            changes.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+            changes.into_iter().map(move |(k, v)| (cf, k, v))
+        })
     }
 }
 
@@ -221,5 +224,31 @@ impl MemStore {
             .range((cf, Vec::new())..)
             .take_while(move |((c, _), _)| *c == cf)
             .map(|((_, k), v)| (k.as_slice(), v.as_slice()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_come_in_key_order_within_each_column_family() {
+        let store = MemStore::default();
+        let mut tx = Tx::new(&store);
+        for k in [7u8, 3, 200, 1, 42, 9, 128, 0] {
+            tx.put(Cf::Needs, vec![k, 1], vec![k]);
+            tx.delete(Cf::History, vec![k]);
+        }
+        let changes: Vec<(Cf, Vec<u8>)> = tx.into_changes().map(|(cf, k, _)| (cf, k)).collect();
+        assert_eq!(changes.len(), 16);
+        for cf in [Cf::Needs, Cf::History] {
+            let keys: Vec<&Vec<u8>> = changes
+                .iter()
+                .filter(|(c, _)| *c == cf)
+                .map(|(_, k)| k)
+                .collect();
+            assert!(keys.is_sorted(), "{cf:?} out of order: {keys:?}");
+            assert_eq!(keys.len(), 8);
+        }
     }
 }
