@@ -332,7 +332,7 @@ fn run_scenario(name: &str, mix: &Mix, seed: u64, engines: &[u16]) {
     let t = Instant::now();
     let exact = solver::solve(&inst);
     let solve = t.elapsed();
-    let greedy = solver::greedy(&inst);
+    let greedy = built.first_come_greedy(&state);
     let t = Instant::now();
     let certified = certify_optimal(&inst, &exact);
     let certify = t.elapsed();

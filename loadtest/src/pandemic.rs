@@ -18,7 +18,7 @@ use muster_matching::round::round_events;
 use muster_matching::round::{
     LATEST_ENGINE, RoundInstance, WideningStats, round_with, round_with_stats,
 };
-use muster_matching::solver::{self, Instance};
+use muster_matching::solver;
 use muster_schema::events::*;
 use muster_schema::*;
 
@@ -189,7 +189,7 @@ struct Quality {
     decided: i128,
     greedy: i128,
     /// Greedy's worst round (its share of that round's optimum) and the rounds it fell short in.
-    greedy_worst: f64,
+    greedy_worst: Option<f64>,
     greedy_short: usize,
     took: Duration,
 }
@@ -200,13 +200,7 @@ impl Quality {
         let built = RoundInstance::build(state);
         let inst = built.instance();
         let exact = solver::solve(&inst);
-        // First come, first served: rows in the order the needs were reported (ties by id).
-        let mut order: Vec<usize> = (0..built.needs.len()).collect();
-        order.sort_by_key(|&i| (state.needs[&built.needs[i]].reported_at, built.needs[i]));
-        let greedy = solver::greedy(&Instance {
-            columns: inst.columns,
-            rows: order.iter().map(|&i| inst.rows[i].clone()).collect(),
-        });
+        let greedy = built.first_come_greedy(state);
         self.rounds += 1;
         self.equal += usize::from(decided_total == exact.total);
         self.certified += usize::from(certify_optimal(&inst, &exact));
@@ -217,9 +211,7 @@ impl Quality {
             self.greedy_short += 1;
         }
         let share = greedy.total as f64 / exact.total.max(1) as f64;
-        if self.rounds == 1 || share < self.greedy_worst {
-            self.greedy_worst = share;
-        }
+        self.greedy_worst = Some(self.greedy_worst.map_or(share, |w| w.min(share)));
         self.took += t.elapsed();
     }
 }
@@ -464,7 +456,7 @@ pub fn run(scale: f64, seed: u64, engine: u16, threads: usize) -> anyhow::Result
             pct(q.decided),
             pct(q.greedy),
             q.greedy_short,
-            100.0 * q.greedy_worst
+            100.0 * q.greedy_worst.unwrap_or(1.0)
         );
     }
     println!("needs matched: {} of {}", first.matched, first.needs);

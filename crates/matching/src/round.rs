@@ -720,6 +720,33 @@ impl RoundInstance {
         }
     }
 
+    /// First come, first served over this instance: needs in the order they were reported
+    /// (ties by id), each taking its best provider still free.
+    pub fn first_come_greedy(&self, state: &State) -> solver::Solution {
+        let mut order: Vec<usize> = (0..self.needs.len()).collect();
+        order.sort_by_cached_key(|&i| (state.needs[&self.needs[i]].reported_at, self.needs[i]));
+        let greedy = solver::greedy(&Instance {
+            columns: self.providers.len(),
+            rows: order
+                .iter()
+                .map(|&i| {
+                    self.candidates[i]
+                        .iter()
+                        .map(|(j, c)| (*j, c.score.total))
+                        .collect()
+                })
+                .collect(),
+        });
+        let mut assigned = vec![None; self.needs.len()];
+        for (&row, got) in order.iter().zip(greedy.assigned) {
+            assigned[row] = got;
+        }
+        solver::Solution {
+            assigned,
+            total: greedy.total,
+        }
+    }
+
     /// The weighted bipartite instance the solver sees.
     pub fn instance(&self) -> Instance {
         Instance {
@@ -816,10 +843,10 @@ pub fn round_with(state: &State, engine: u16) -> Option<Round> {
 }
 
 /// The same round decided first-come greedily over engine 1's lists (the baseline benchmarks
-/// compare against).
+/// compare against): see [`RoundInstance::first_come_greedy`].
 pub fn greedy_round(state: &State) -> Round {
     let built = RoundInstance::build(state);
-    let solution = solver::greedy(&built.instance());
+    let solution = built.first_come_greedy(state);
     decide(state, 1, &built, &solution)
 }
 

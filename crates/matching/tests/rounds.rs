@@ -408,7 +408,8 @@ fn scarce_vetted_supply_goes_where_only_it_can_help() {
     // vol-a is vetted and close to both needs; vol-b is not vetted. First-come greedy gives the
     // vetted volunteer to the first need and leaves the vetted need unmet; the exact solve
     // does not.
-    // Greedy takes rows in need-id order: name the open need so it comes first.
+    // Greedy takes needs in report order, ties by id; both are reported at once, so name the
+    // open need to come first.
     let (open, vetted) = if id("n1") < id("n2") {
         ("n1", "n2")
     } else {
