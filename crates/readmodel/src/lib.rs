@@ -22,7 +22,7 @@ pub mod tx;
 
 pub use fold::{Outcome, apply};
 pub use keys::Cf;
-pub use tx::{MemStore, Read, Tx};
+pub use tx::{Changes, Layered, MemStore, Read, Tx};
 
 /// The layout of the read models; a database written with another needs a rebuild.
 pub const FORMAT: u32 = 1;

@@ -17,29 +17,56 @@ pub trait Read {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Corrupt>;
 }
 
-/// FNV-1a: a fast hash for the pending changes' keys (which are ours, not an attacker's).
+/// A fast hash for the pending changes' keys (which are ours, not an attacker's): eight bytes
+/// at a time, each mixed in with a folded 64×64→128-bit multiply (as wyhash and foldhash do),
+/// which spreads a change in any bit both up and down the word. (FxHash's multiply-and-rotate
+/// only carries changes upwards, and collided on keys differing in one byte.)
 #[derive(Debug, Clone, Copy)]
-pub struct Fnv(u64);
+pub struct KeyHasher(u64);
 
-impl Default for Fnv {
+impl Default for KeyHasher {
     fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+        Self(0x243f_6a88_85a3_08d3)
     }
 }
 
-impl std::hash::Hasher for Fnv {
+const K: u64 = 0xf135_7aea_2e62_a9c5;
+
+impl KeyHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        let m = u128::from(self.0 ^ word) * u128::from(K);
+        self.0 = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+impl std::hash::Hasher for KeyHasher {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("eight bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last) ^ ((rest.len() as u64) << 59));
         }
     }
 
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    #[inline]
     fn finish(&self) -> u64 {
         self.0
     }
 }
 
-type Pending = HashMap<Vec<u8>, Option<Vec<u8>>, std::hash::BuildHasherDefault<Fnv>>;
+type Pending = HashMap<Vec<u8>, Option<Vec<u8>>, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// Changes not yet committed, over a store.
 #[derive(Debug)]
@@ -147,15 +174,82 @@ impl<'a, R: Read + ?Sized> Tx<'a, R> {
         self.pending.iter().all(HashMap::is_empty)
     }
 
-    /// The changes, to be committed together: `(cf, key, Some(value))` puts, `None` deletes;
-    /// each column family's in key order. RocksDB's memtable inserts a sorted run much faster
-    /// than scattered keys: each insert starts its search from where the previous one landed.
+    /// The changes, held for committing (and for reading while they are committed).
+    pub fn finish(self) -> Changes {
+        Changes {
+            pending: self.pending,
+        }
+    }
+
+    /// The changes, to be committed together, in [`Changes::sorted`]'s order.
     pub fn into_changes(self) -> impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)> {
-        Cf::ALL.into_iter().zip(self.pending).flat_map(|(cf, p)| {
-            let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = p.into_iter().collect();
-            changes.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
-            changes.into_iter().map(move |(k, v)| (cf, k, v))
-        })
+        Cf::ALL
+            .into_iter()
+            .zip(self.finish().pending)
+            .flat_map(|(cf, p)| {
+                let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = p.into_iter().collect();
+                changes.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+                changes.into_iter().map(move |(k, v)| (cf, k, v))
+            })
+    }
+}
+
+/// One change, borrowed: `(cf, key, Some(value))` a put, `None` a delete.
+pub type ChangeRef<'a> = (Cf, &'a [u8], Option<&'a [u8]>);
+
+/// A finished transaction's changes: what a commit writes, and what the next transaction reads
+/// through (with [`Layered`]) while that commit is still running.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Per column family (indexed by [`Cf`]'s discriminant); empty when nothing changed.
+    pending: Vec<Pending>,
+}
+
+impl Changes {
+    /// `Some(Some(value))` put, `Some(None)` deleted, `None` untouched.
+    pub fn get(&self, cf: Cf, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.pending
+            .get(cf as usize)?
+            .get(key)
+            .map(Option::as_deref)
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.iter().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.iter().all(HashMap::is_empty)
+    }
+
+    /// `(cf, key, Some(value))` puts and `None` deletes, column family by column family, each's
+    /// in key order. RocksDB's memtable inserts a sorted run much faster than scattered keys:
+    /// each insert starts its search from where the previous one landed.
+    pub fn sorted(&self) -> Vec<ChangeRef<'_>> {
+        let mut out = Vec::with_capacity(self.len());
+        for (cf, p) in Cf::ALL.into_iter().zip(&self.pending) {
+            let start = out.len();
+            out.extend(p.iter().map(|(k, v)| (cf, k.as_slice(), v.as_deref())));
+            out[start..].sort_unstable_by(|a, b| a.1.cmp(b.1));
+        }
+        out
+    }
+}
+
+/// Reads `top` first and `base` for what `top` does not touch: a store as it will be once
+/// `top` is committed.
+#[derive(Debug)]
+pub struct Layered<'a, R: ?Sized> {
+    pub top: &'a Changes,
+    pub base: &'a R,
+}
+
+impl<R: Read + ?Sized> Read for Layered<'_, R> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, Corrupt> {
+        match self.top.get(cf, key) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
+            None => self.base.get(cf, key),
+        }
     }
 }
 
@@ -230,6 +324,59 @@ impl MemStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_hasher_tells_apart_keys_that_differ_in_one_byte_or_in_length() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = |k: &[u8]| BuildHasherDefault::<KeyHasher>::default().hash_one(k);
+        let base = b"incident\0need.open.category.food-0123".to_vec();
+        let mut keys = std::collections::HashSet::new();
+        for i in 0..base.len() {
+            for mask in [1u8, 2, 0x80, 0xff] {
+                let mut k = base.clone();
+                k[i] ^= mask;
+                keys.insert(k);
+            }
+            keys.insert(base[..i].to_vec());
+        }
+        let hashes: std::collections::HashSet<u64> = keys.iter().map(|k| h(k)).collect();
+        assert_eq!(hashes.len(), keys.len(), "keys that collide");
+        // hashbrown tags slots with the top 7 bits: ~190 keys should spread over most of 128.
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(tags.len() > 80, "only {} of 128 tags used", tags.len());
+    }
+
+    #[test]
+    fn a_layered_read_sees_the_changes_on_top_then_the_store() {
+        let mut store = MemStore::default();
+        store.commit(
+            [
+                (Cf::Needs, b"kept".to_vec(), Some(b"old".to_vec())),
+                (Cf::Needs, b"changed".to_vec(), Some(b"old".to_vec())),
+                (Cf::Needs, b"deleted".to_vec(), Some(b"old".to_vec())),
+            ]
+            .into_iter(),
+        );
+        let mut tx = Tx::new(&store);
+        tx.put(Cf::Needs, b"changed".to_vec(), b"new".to_vec());
+        tx.delete(Cf::Needs, b"deleted".to_vec());
+        tx.put(Cf::Needs, b"added".to_vec(), b"new".to_vec());
+        let top = tx.finish();
+        let layered = Layered {
+            top: &top,
+            base: &store,
+        };
+        let read = |k: &[u8]| layered.get(Cf::Needs, k).expect("readable");
+        assert_eq!(read(b"kept"), Some(b"old".to_vec()));
+        assert_eq!(read(b"changed"), Some(b"new".to_vec()));
+        assert_eq!(read(b"deleted"), None);
+        assert_eq!(read(b"added"), Some(b"new".to_vec()));
+        assert_eq!(read(b"absent"), None);
+        // The same key in another column family is not shadowed.
+        assert_eq!(layered.get(Cf::Offers, b"changed").expect("readable"), None);
+        let sorted: Vec<&[u8]> = top.sorted().into_iter().map(|(_, k, _)| k).collect();
+        assert_eq!(sorted, [&b"added"[..], b"changed", b"deleted"]);
+    }
 
     #[test]
     fn changes_come_in_key_order_within_each_column_family() {

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use muster_readmodel::{Cf, Corrupt, Read, keys};
-use muster_store::{Change, Durability, Store, StoreError};
+use muster_readmodel::{Cf, Changes, Corrupt, Read, keys};
+use muster_store::{Durability, Store, StoreError};
 use serde::de::DeserializeOwned;
 
 /// The projections' database.
@@ -59,21 +59,12 @@ impl Db {
     }
 
     /// Commits a transaction's changes in one `WriteBatch`.
-    pub fn commit(
-        &self,
-        changes: impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)>,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        self.store.write_cf(
-            changes.map(|(cf, k, v)| {
-                (
-                    cf.name(),
-                    match v {
-                        Some(v) => Change::Put(k, v),
-                        None => Change::Delete(k),
-                    },
-                )
-            }),
+    pub fn commit(&self, changes: &Changes, durability: Durability) -> Result<(), StoreError> {
+        self.store.write_cf_slices(
+            changes
+                .sorted()
+                .into_iter()
+                .map(|(cf, k, v)| (cf.name(), k, v)),
             durability,
         )
     }

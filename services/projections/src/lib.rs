@@ -204,6 +204,9 @@ async fn follow(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ProjectionsError> {
     tokio::pin!(shutdown);
+    // While a surge is read, batch N+1 is read and folded while batch N is committed; once the
+    // consumer has caught up, each batch is committed before the next is awaited.
+    let mut pipeline = follow::Pipeline::new(db, commit);
     loop {
         let batch = tokio::select! {
             () = &mut shutdown => break,
@@ -211,17 +214,31 @@ async fn follow(
         };
         let Some(mut batch) = batch else { break };
         let items = follow::items(&mut batch);
-        let report = follow::fold_batch_blocking(&db, items, commit).await?;
-        if let Some(last) = batch.last()
-            && let Err(e) = last.ack_through().await
-        {
+        let Some(last) = batch.pop() else { continue };
+        let caught_up = last.pending == 0;
+        committed(pipeline.push(items, last).await?, &applied).await;
+        if caught_up {
+            committed(pipeline.settle().await?, &applied).await;
+        }
+    }
+    committed(pipeline.settle().await?, &applied).await;
+    tracing::info!(position = *applied.borrow(), "projections stopped");
+    Ok(())
+}
+
+/// Acknowledges a committed batch (which acknowledges every delivery up to its last) and
+/// publishes the new position to queries and watchers.
+async fn committed(
+    done: Option<(follow::BatchReport, muster_log::Delivered)>,
+    applied: &watch::Sender<u64>,
+) {
+    if let Some((report, last)) = done {
+        if let Err(e) = last.ack_through().await {
             tracing::warn!(seq = last.seq, error = %e, "ack failed; the batch will be delivered again and skipped");
         }
         // Deliveries come in stream order from the stored position on: it only moves forward.
         applied.send_replace(report.last_seq);
     }
-    tracing::info!(position = *applied.borrow(), "projections stopped");
-    Ok(())
 }
 
 /// Runs the projections alone: folds the log and serves `muster.v1.Query` (with health and

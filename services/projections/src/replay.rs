@@ -59,27 +59,9 @@ pub struct Report {
     pub events: u64,
     pub set_aside: u64,
     pub elapsed: Duration,
-    /// Of `elapsed`, the time spent folding and committing (the rest is reading the log).
+    /// Of `elapsed`, the time the folding stage was busy: folding, or waiting for the previous
+    /// batch's commit (the rest it waited for the log).
     pub folding: Duration,
-}
-
-type Folding = tokio::task::JoinHandle<Result<follow::BatchReport, ProjectionsError>>;
-
-impl Report {
-    /// Waits for a batch being folded and counts it.
-    async fn settle(
-        &mut self,
-        (started, task): (Instant, Folding),
-    ) -> Result<(), ProjectionsError> {
-        let r = task
-            .await
-            .map_err(|e| ProjectionsError::Task(e.to_string()))??;
-        self.folding += started.elapsed();
-        self.events += r.applied + r.set_aside;
-        self.set_aside += r.set_aside;
-        self.position = r.last_seq;
-        Ok(())
-    }
 }
 
 /// Folds the log from sequence 1 into a new database at `into` (which must not hold one yet).
@@ -133,48 +115,68 @@ pub async fn build(
     };
     if target > 0 {
         let mut consumer = LogConsumer::replay(&stream, 1).await?;
-        // The batch being folded on a blocking thread while the next one is read.
-        let mut folding: Option<(Instant, Folding)> = None;
+        // Three stages at once: this loop reads batch N+2 while a task folds batch N+1 over
+        // batch N, which is being committed.
+        let (to_fold, mut batches) = tokio::sync::mpsc::channel::<Vec<follow::Item>>(1);
+        let (done_tx, mut done) = tokio::sync::watch::channel((0u64, 0u64, 0u64));
+        let folder = {
+            let db = Arc::clone(&db);
+            tokio::spawn(async move {
+                let mut pipeline = follow::Pipeline::new(db, follow::Commit::Unlogged);
+                let mut busy = Duration::ZERO;
+                let (mut events, mut set_aside) = (0, 0);
+                let mut count = |r: Option<(follow::BatchReport, ())>| {
+                    if let Some((r, ())) = r {
+                        events += r.applied + r.set_aside;
+                        set_aside += r.set_aside;
+                        done_tx.send_replace((r.last_seq, events, set_aside));
+                    }
+                };
+                while let Some(items) = batches.recv().await {
+                    let t = Instant::now();
+                    count(pipeline.push(items, ()).await?);
+                    busy += t.elapsed();
+                }
+                let t = Instant::now();
+                count(pipeline.settle().await?);
+                busy += t.elapsed();
+                Ok::<_, ProjectionsError>(busy)
+            })
+        };
         let mut read_to = 0;
-        'fold: while read_to < target {
+        while read_to < target {
             let Some(mut batch) = follow::next_batch(&mut consumer, 5_000).await else {
                 break;
             };
             read_to = batch.last().map_or(read_to, |d| d.seq);
             let mut items = follow::items(&mut batch);
-            let mut done = false;
+            let mut end = false;
             if let Some(cut) = items.iter().position(|(seq, _, env)| {
                 *seq > target
                     || matches!((until, env), (Until::Time(t), Ok(e)) if e.recorded_at > t)
             }) {
                 items.truncate(cut);
-                done = true;
+                end = true;
             }
-            if let Some(f) = folding.take() {
-                report.settle(f).await?;
+            if !items.is_empty() && to_fold.send(items).await.is_err() {
+                break; // the folder stopped: its error comes from awaiting it below
             }
-            if !items.is_empty() {
-                let db = Arc::clone(&db);
-                folding = Some((
-                    Instant::now(),
-                    tokio::task::spawn_blocking(move || {
-                        follow::fold_batch(&db, &items, follow::Commit::Unlogged)
-                    }),
-                ));
-            }
+            let (position, events, _) = *done.borrow_and_update();
             progress(&Progress {
-                position: report.position,
+                position,
                 target,
-                events: report.events,
+                events,
                 elapsed: started.elapsed(),
             });
-            if done {
-                break 'fold;
+            if end {
+                break;
             }
         }
-        if let Some(f) = folding.take() {
-            report.settle(f).await?;
-        }
+        drop(to_fold);
+        report.folding = folder
+            .await
+            .map_err(|e| ProjectionsError::Task(e.to_string()))??;
+        (report.position, report.events, report.set_aside) = *done.borrow();
     }
     let flushed = Arc::clone(&db);
     tokio::task::spawn_blocking(move || flushed.flush())
