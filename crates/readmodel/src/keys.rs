@@ -65,8 +65,10 @@ impl Cf {
         }
     }
 
-    pub fn names() -> Vec<&'static str> {
-        Cf::ALL.iter().map(|c| c.name()).collect()
+    /// Whether the family is read by key (the fold's lookups, gets by id) or only scanned by
+    /// prefix (indexes, histories, changes, set-aside events): it decides the family's filters.
+    pub fn point_reads(self) -> bool {
+        !matches!(self, Cf::Index | Cf::History | Cf::Changes | Cf::SetAside)
     }
 }
 

@@ -51,19 +51,32 @@ pub enum Change {
     Delete(Vec<u8>),
 }
 
-fn options() -> rocksdb::Options {
+/// How a column family is read, which decides whether it keeps bloom filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Point lookups, many of keys that do not exist (yet): bloom filters in the memtable and
+    /// in every table answer those without searching.
+    Point,
+    /// Prefix scans only: whole-key bloom filters would never be consulted, only built (and a
+    /// memtable's costs every insert a few cache misses).
+    Scan,
+}
+
+fn options(access: Access) -> rocksdb::Options {
     let mut options = rocksdb::Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_compression_type(rocksdb::DBCompressionType::Lz4);
     options.set_max_background_jobs(2);
-    // Folds look up many keys that do not exist yet (a new need, a first counter): bloom
-    // filters answer those without searching the memtable or reading table blocks.
-    let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    options.set_block_based_table_factory(&table);
-    options.set_memtable_prefix_bloom_ratio(0.1);
-    options.set_memtable_whole_key_filtering(true);
+    if access == Access::Point {
+        // Folds look up many keys that do not exist yet (a new need, a first counter): bloom
+        // filters answer those without searching the memtable or reading table blocks.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        options.set_block_based_table_factory(&table);
+        options.set_memtable_prefix_bloom_ratio(0.1);
+        options.set_memtable_whole_key_filtering(true);
+    }
     // Small memtables (RocksDB's default is 64 MiB per column family): a fold inserts keys
     // scattered over the whole key space, and each insert walks the memtable's skiplist; at
     // 8 MiB the walk and the memtable's bloom filter stay in cache. Measured on the
@@ -72,16 +85,20 @@ fn options() -> rocksdb::Options {
     options
 }
 
-/// Each column family, the default one included, with [`options`]: opened by name alone,
-/// RocksDB gives them its defaults (no bloom filters, no compression), whatever the database's
-/// own options say.
-fn with_options<'a>(cfs: &'a [&'a str]) -> impl Iterator<Item = (&'a str, rocksdb::Options)> {
-    let default = (!cfs.contains(&rocksdb::DEFAULT_COLUMN_FAMILY_NAME))
-        .then_some(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
+/// Each column family, the default one included (for point reads), with its [`options`]:
+/// opened by name alone, RocksDB gives them its defaults (no bloom filters, no compression),
+/// whatever the database's own options say.
+fn with_options<'a>(
+    cfs: &'a [(&'a str, Access)],
+) -> impl Iterator<Item = (&'a str, rocksdb::Options)> {
+    let default = (!cfs
+        .iter()
+        .any(|(name, _)| *name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME))
+    .then_some((rocksdb::DEFAULT_COLUMN_FAMILY_NAME, Access::Point));
     default
         .into_iter()
         .chain(cfs.iter().copied())
-        .map(|cf| (cf, options()))
+        .map(|(cf, access)| (cf, options(access)))
 }
 
 impl Store {
@@ -92,24 +109,23 @@ impl Store {
 
     /// Opens (creating if needed) the database at `path` with these column families besides
     /// the default one.
-    pub fn open_cfs(path: &Path, cfs: &[&str]) -> Result<Self, StoreError> {
-        let db = rocksdb::DB::open_cf_with_opts(&options(), path, with_options(cfs)).map_err(
-            |source| StoreError::Rocks {
-                path: path.display().to_string(),
-                source,
-            },
-        )?;
+    pub fn open_cfs(path: &Path, cfs: &[(&str, Access)]) -> Result<Self, StoreError> {
+        let db = rocksdb::DB::open_cf_with_opts(&options(Access::Point), path, with_options(cfs))
+            .map_err(|source| StoreError::Rocks {
+            path: path.display().to_string(),
+            source,
+        })?;
         Ok(Self {
             db,
             read_only: false,
-            cfs: cfs.iter().map(ToString::to_string).collect(),
+            cfs: cfs.iter().map(|(name, _)| name.to_string()).collect(),
         })
     }
 
     /// Opens an existing database for reading only (several readers may share it; a writer
     /// may not be running on it).
-    pub fn open_read_only(path: &Path, cfs: &[&str]) -> Result<Self, StoreError> {
-        let mut options = options();
+    pub fn open_read_only(path: &Path, cfs: &[(&str, Access)]) -> Result<Self, StoreError> {
+        let mut options = options(Access::Point);
         options.create_if_missing(false);
         let db =
             rocksdb::DB::open_cf_with_opts_for_read_only(&options, path, with_options(cfs), false)
@@ -120,13 +136,13 @@ impl Store {
         Ok(Self {
             db,
             read_only: true,
-            cfs: cfs.iter().map(ToString::to_string).collect(),
+            cfs: cfs.iter().map(|(name, _)| name.to_string()).collect(),
         })
     }
 
     /// Deletes the database at `path` and everything in it.
     pub fn destroy(path: &Path) -> Result<(), StoreError> {
-        rocksdb::DB::destroy(&options(), path).map_err(|source| StoreError::Rocks {
+        rocksdb::DB::destroy(&options(Access::Point), path).map_err(|source| StoreError::Rocks {
             path: path.display().to_string(),
             source,
         })
@@ -311,7 +327,8 @@ mod cf_tests {
     fn column_families_are_written_together_and_scanned_by_prefix() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
-            let store = Store::open_cfs(dir.path(), &["a", "b"]).expect("open");
+            let store = Store::open_cfs(dir.path(), &[("a", Access::Point), ("b", Access::Scan)])
+                .expect("open");
             store
                 .write_cf(
                     [
@@ -331,7 +348,8 @@ mod cf_tests {
                 Err(StoreError::NoColumnFamily { .. })
             ));
         }
-        let store = Store::open_read_only(dir.path(), &["a", "b"]).expect("read-only");
+        let store = Store::open_read_only(dir.path(), &[("a", Access::Point), ("b", Access::Scan)])
+            .expect("read-only");
         let mut seen = Vec::new();
         store
             .scan_cf("a", b"x/", b"x/2", |k, v| {
@@ -383,26 +401,39 @@ mod options_tests {
     #[test]
     fn every_column_family_gets_the_stores_options() {
         let dir = tempfile::tempdir().expect("tempdir");
-        drop(Store::open_cfs(dir.path(), &["needs", "history"]).expect("open"));
+        drop(
+            Store::open_cfs(
+                dir.path(),
+                &[("needs", Access::Point), ("history", Access::Scan)],
+            )
+            .expect("open"),
+        );
         let sections = written_options(dir.path());
-        for cf in ["default", "needs", "history"] {
+        for (cf, access) in [
+            ("default", Access::Point),
+            ("needs", Access::Point),
+            ("history", Access::Scan),
+        ] {
             let cf_options = &sections[&format!("[CFOptions \"{cf}\"]")];
             assert!(
                 cf_options.contains("compression=kLZ4Compression"),
                 "{cf}: not LZ4-compressed"
             );
             assert!(
-                cf_options.contains("memtable_whole_key_filtering=true"),
-                "{cf}: no memtable bloom filter"
-            );
-            assert!(
                 cf_options.contains("write_buffer_size=8388608"),
                 "{cf}: not the store's 8 MiB memtables"
             );
             let table = &sections[&format!("[TableOptions/BlockBasedTable \"{cf}\"]")];
-            assert!(
+            let point = access == Access::Point;
+            assert_eq!(
+                cf_options.contains("memtable_whole_key_filtering=true"),
+                point,
+                "{cf}: memtable bloom filter for {access:?}"
+            );
+            assert_eq!(
                 table.contains("filter_policy=bloomfilter"),
-                "{cf}: no bloom filter in its tables: {table}"
+                point,
+                "{cf}: tables' bloom filter for {access:?}: {table}"
             );
         }
     }

@@ -3,8 +3,23 @@
 use std::path::Path;
 
 use muster_readmodel::{Cf, Changes, Corrupt, Read, keys};
-use muster_store::{Durability, Store, StoreError};
+use muster_store::{Access, Durability, Store, StoreError};
 use serde::de::DeserializeOwned;
+
+/// Every column family, with how it is read.
+fn families() -> Vec<(&'static str, Access)> {
+    Cf::ALL
+        .iter()
+        .map(|cf| {
+            let access = if cf.point_reads() {
+                Access::Point
+            } else {
+                Access::Scan
+            };
+            (cf.name(), access)
+        })
+        .collect()
+}
 
 /// The projections' database.
 #[derive(Debug)]
@@ -16,14 +31,14 @@ impl Db {
     /// Opens (creating if needed) the read models at `dir` for folding.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            store: Store::open_cfs(dir, &Cf::names())?,
+            store: Store::open_cfs(dir, &families())?,
         })
     }
 
     /// Opens existing read models for queries only.
     pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            store: Store::open_read_only(dir, &Cf::names())?,
+            store: Store::open_read_only(dir, &families())?,
         })
     }
 
