@@ -254,6 +254,7 @@ async fn a_need_and_an_offer_become_an_assignment_a_watcher_sees() {
         .expect("accept")
         .into_inner();
     // After the round's record, the acceptance.
+    let mut round = None;
     let change = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let c = watch.next().await.expect("stream open").expect("change");
@@ -261,6 +262,7 @@ async fn a_need_and_an_offer_become_an_assignment_a_watcher_sees() {
                 return c;
             }
             assert_eq!(c.entity_kind, "round", "{c:?}");
+            round = Some(c.entity_id);
         }
     })
     .await
@@ -309,6 +311,49 @@ async fn a_need_and_an_offer_become_an_assignment_a_watcher_sees() {
             .as_ref()
             .is_some_and(|s| s.total > 0),
         "the score explains the proposal"
+    );
+    // Every kind of entity has its history, in log order: the need's and the offer's (each
+    // touched by the proposal and the answer), the round's and the incident's.
+    let lines = |id: String| {
+        let mut query = query.clone();
+        async move {
+            query
+                .get_history(workload::req(pb::GetHistoryRequest {
+                    id,
+                    ..Default::default()
+                }))
+                .await
+                .expect("history")
+                .into_inner()
+                .entries
+                .into_iter()
+                .map(|e| (e.sequence, e.event_type))
+                .collect::<Vec<_>>()
+        }
+    };
+    let moves = [
+        (proposed.sequence, "AssignmentProposed".to_string()),
+        (accepted.sequence, "VolunteerResponded".to_string()),
+    ];
+    let need_lines = lines(proposed.need_id.clone()).await;
+    assert_eq!(need_lines.len(), 3, "{need_lines:?}");
+    assert_eq!(need_lines[0], (need, "NeedReported".to_string()));
+    assert_eq!(need_lines[1..], moves);
+    let offer_lines = lines(proposed.offer_id.clone()).await;
+    assert_eq!(offer_lines.len(), 3, "{offer_lines:?}");
+    assert_eq!(offer_lines[0].1, "OfferRegistered");
+    assert_eq!(offer_lines[1..], moves);
+    let round = round.expect("the round's record was watched");
+    let round_lines = lines(round).await;
+    assert_eq!(round_lines.len(), 1, "{round_lines:?}");
+    assert!(
+        round_lines[0].1.starts_with("RoundRecorded"),
+        "{round_lines:?}"
+    );
+    let incident_lines = lines("thirsk".into()).await;
+    assert_eq!(
+        incident_lines[0].1, "IncidentDeclared",
+        "{incident_lines:?}"
     );
     muster.stop().await;
 }
