@@ -181,6 +181,21 @@ impl Store {
         self.db.get_cf(handle, key).map_err(|e| self.err(e))
     }
 
+    /// The values of `keys` in `cf`, in their order: one batched lookup (RocksDB sorts the keys
+    /// and walks each memtable and table once), cheaper than a get per key.
+    pub fn multi_get_cf(
+        &self,
+        cf: &str,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let handle = self.cf(cf)?;
+        self.db
+            .batched_multi_get_cf(handle, keys, false)
+            .into_iter()
+            .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(|e| self.err(e)))
+            .collect()
+    }
+
     /// Applies `changes` atomically and durably (one synced `WriteBatch`).
     pub fn write(&self, changes: impl IntoIterator<Item = Change>) -> Result<(), StoreError> {
         let mut batch = rocksdb::WriteBatch::default();
@@ -396,6 +411,33 @@ mod options_tests {
                 .push_str(line.trim());
         }
         sections
+    }
+
+    #[test]
+    fn a_multi_get_answers_each_key_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_cfs(dir.path(), &[("a", Access::Point)]).expect("open");
+        store
+            .write_cf_slices(
+                [
+                    ("a", &b"k2"[..], Some(&b"two"[..])),
+                    ("a", b"k1", Some(b"one")),
+                ],
+                Durability::Buffered,
+            )
+            .expect("write");
+        let got = store
+            .multi_get_cf("a", &[b"k2", b"absent", b"k1", b"k2"])
+            .expect("multi-get");
+        assert_eq!(
+            got,
+            [
+                Some(b"two".to_vec()),
+                None,
+                Some(b"one".to_vec()),
+                Some(b"two".to_vec())
+            ]
+        );
     }
 
     #[test]

@@ -98,6 +98,27 @@ impl Db {
         }
     }
 
+    /// The records at `keys` in `cf`, in their order (one batched lookup).
+    pub fn records<T: DeserializeOwned>(
+        &self,
+        cf: Cf,
+        keys: &[&[u8]],
+    ) -> Result<Vec<Option<T>>, Corrupt> {
+        let values = self
+            .store
+            .multi_get_cf(cf.name(), keys)
+            .map_err(|e| corrupt(cf, &[], &e.to_string()))?;
+        keys.iter()
+            .zip(values)
+            .map(|(key, v)| match v {
+                None => Ok(None),
+                Some(b) => postcard::from_bytes(&b)
+                    .map(Some)
+                    .map_err(|e| corrupt(cf, key, &e.to_string())),
+            })
+            .collect()
+    }
+
     /// Visits keys of `cf` under `prefix` from `from` on, until `visit` returns false.
     pub fn scan(
         &self,

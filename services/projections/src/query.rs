@@ -15,7 +15,7 @@ use muster_readmodel::counters::{self, percentile_ms};
 use muster_readmodel::keys::{self, HistoryOf};
 use muster_readmodel::records::{
     AssignmentRecord, ChangeRecord, HistoryEntry, IncidentRecord, NeedEntry, NeedRecord,
-    NeedStatus, OfferRecord, SetAsideRecord, VerificationRecord,
+    NeedStatus, OfferRecord, SetAsideRecord,
 };
 use muster_readmodel::{Cf, Corrupt};
 use muster_schema::ids::EntityKind;
@@ -163,6 +163,24 @@ fn record<T: serde::de::DeserializeOwned>(
     id: &EntityId,
 ) -> Result<Option<T>, Status> {
     db.record(cf, &id.0).map_err(internal)
+}
+
+/// The records the index keys `found` end with, as wire messages, in the keys' order (one
+/// batched lookup); a key whose record is gone is skipped.
+fn records_of<T: serde::de::DeserializeOwned, P>(
+    db: &Db,
+    cf: Cf,
+    found: &[Vec<u8>],
+    wire: impl Fn(&EntityId, &T) -> P,
+) -> Result<Vec<P>, Status> {
+    let ids: Vec<EntityId> = found.iter().filter_map(|k| keys::trailing_id(k)).collect();
+    let keys: Vec<&[u8]> = ids.iter().map(|id| id.0.as_slice()).collect();
+    let records = db.records::<T>(cf, &keys).map_err(internal)?;
+    Ok(ids
+        .iter()
+        .zip(records)
+        .filter_map(|(id, r)| r.map(|r| wire(id, &r)))
+        .collect())
 }
 
 impl QueryService {
@@ -327,15 +345,7 @@ impl Query for QueryService {
                     && (urgency == 0 || urgency == e.urgency)
                     && (open_only || statuses.contains(&e.status))
             })?;
-            let mut needs = Vec::with_capacity(found.len());
-            for k in found {
-                let Some(id) = keys::trailing_id(&k) else {
-                    continue;
-                };
-                if let Some(n) = record::<NeedRecord>(db, Cf::Needs, &id)? {
-                    needs.push(convert::need(&id, &n));
-                }
-            }
+            let needs = records_of(db, Cf::Needs, &found, convert::need)?;
             Ok(Response::new(pb::ListNeedsReply {
                 needs,
                 next_page_token: next,
@@ -371,15 +381,7 @@ impl Query for QueryService {
         self.ready(&req, r.min_sequence).await?;
         self.read(move |db| {
             let (found, next) = page(db, Cf::Index, &prefix, &token, size, |_, _| true)?;
-            let mut assignments = Vec::with_capacity(found.len());
-            for k in found {
-                let Some(id) = keys::trailing_id(&k) else {
-                    continue;
-                };
-                if let Some(a) = record::<AssignmentRecord>(db, Cf::Assignments, &id)? {
-                    assignments.push(convert::assignment(&id, &a));
-                }
-            }
+            let assignments = records_of(db, Cf::Assignments, &found, convert::assignment)?;
             Ok(Response::new(pb::ListAssignmentsReply {
                 assignments,
                 next_page_token: next,
@@ -397,15 +399,7 @@ impl Query for QueryService {
         self.read(move |db| {
             let prefix = keys::verifications_prefix(&person);
             let (found, _) = page(db, Cf::Index, &prefix, "", MAX_PAGE, |_, _| true)?;
-            let mut verifications = Vec::new();
-            for k in found {
-                let Some(id) = keys::trailing_id(&k) else {
-                    continue;
-                };
-                if let Some(v) = record::<VerificationRecord>(db, Cf::Verifications, &id)? {
-                    verifications.push(convert::verification(&id, &v));
-                }
-            }
+            let verifications = records_of(db, Cf::Verifications, &found, convert::verification)?;
             Ok(Response::new(pb::ListVerificationsReply { verifications }))
         })
         .await
