@@ -191,3 +191,165 @@ impl<T: Send + 'static> Pipeline<T> {
         Ok(Some((f.report, f.token)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use muster_readmodel::MemStore;
+    use muster_schema::events::*;
+    use muster_schema::*;
+
+    use super::*;
+
+    /// A log whose later events read what earlier ones wrote: needs updated and withdrawn,
+    /// offers of shared providers withdrawn, a need reported twice (set aside), an event that
+    /// does not decode.
+    fn log() -> Vec<Item> {
+        let t0 = 1_800_000_000_000_000;
+        let incident = IncidentId::parse("i", "pipeline").expect("valid");
+        let window = TimeWindow::new(t0, t0 + 86_400_000_000).expect("valid");
+        let location = GeoPoint::from_degrees(53.0, -1.0).expect("valid");
+        let need_spec = |urgency: u32| NeedSpecV1 {
+            category: Category::Food,
+            urgency: Urgency::new("u", urgency).expect("valid"),
+            party_size: 1,
+            window,
+            location,
+            required_skills: vec![],
+            required_verifications: vec![],
+            vulnerable: urgency == 5,
+        };
+        let need = |i: u64| EntityId::hash(&[b"n", &i.to_le_bytes()]);
+        let offer = |i: u64| EntityId::hash(&[b"o", &i.to_le_bytes()]);
+        let mut events = vec![Event::IncidentDeclaredV1(IncidentDeclaredV1 {
+            incident: incident.clone(),
+            name: "pipeline".into(),
+            partitions: vec![],
+            categories: vec![],
+            policy: PolicyV1::default(),
+        })];
+        for i in 0..20u64 {
+            events.push(Event::OfferRegisteredV1(OfferRegisteredV1 {
+                offer: offer(i),
+                reference: Reference::parse("r", &format!("o{i}")).expect("valid"),
+                provider: Provider::Volunteer(
+                    PersonId::parse("p", &format!("vol-{}", i % 7)).expect("valid"),
+                ),
+                spec: OfferSpecV1 {
+                    kinds: vec![Category::Food],
+                    skills: vec![],
+                    capacity: 1,
+                    location,
+                    travel_radius_m: 5_000,
+                    availability: vec![window],
+                },
+                personal: Personal::None,
+            }));
+            events.push(Event::NeedReportedV1(NeedReportedV1 {
+                need: need(i),
+                reference: Reference::parse("r", &format!("n{i}")).expect("valid"),
+                spec: need_spec((i % 5) as u32 + 1),
+                personal: Personal::None,
+            }));
+        }
+        for i in (0..20).step_by(3) {
+            events.push(Event::NeedUpdatedV1(NeedUpdatedV1 {
+                need: need(i),
+                spec: need_spec(5),
+                personal: Personal::None,
+            }));
+        }
+        for i in (0..20).step_by(4) {
+            events.push(Event::NeedWithdrawnV1(NeedWithdrawnV1 {
+                need: need(i),
+                reason: "resolved".into(),
+            }));
+        }
+        for i in (0..20).step_by(5) {
+            events.push(Event::OfferWithdrawnV1(OfferWithdrawnV1 {
+                offer: offer(i),
+                reason: "away".into(),
+            }));
+        }
+        events.push(Event::NeedReportedV1(NeedReportedV1 {
+            need: need(1),
+            reference: Reference::parse("r", "n1-again").expect("valid"),
+            spec: need_spec(2),
+            personal: Personal::None,
+        }));
+        let mut items: Vec<Item> = events
+            .into_iter()
+            .enumerate()
+            .map(|(i, event)| {
+                let seq = i as u64 + 1;
+                let env = Envelope {
+                    schema_version: ENVELOPE_VERSION,
+                    event_id: EntityId::hash(&[&seq.to_le_bytes()]),
+                    incident: incident.clone(),
+                    partition: PartitionCode::parse("p", "A1").expect("valid"),
+                    recorded_at: Timestamp(t0 + seq as i64 * 1_000),
+                    actor: AgencyId::parse("a", "council").expect("valid"),
+                    idempotency_key: format!("k{seq}"),
+                    correlation_id: String::new(),
+                    causation_id: None,
+                    event,
+                };
+                (seq, subject::for_envelope(&env), Ok(env))
+            })
+            .collect();
+        let seq = items.len() as u64 + 1;
+        items.push((seq, "muster.garbage".into(), Err(DecodeError::Empty)));
+        items
+    }
+
+    fn copy(items: &[Item]) -> Vec<Item> {
+        items
+            .iter()
+            .map(|(seq, subject, env)| {
+                let env = match env {
+                    Ok(e) => Ok(e.clone()),
+                    Err(_) => Err(DecodeError::Empty),
+                };
+                (*seq, subject.clone(), env)
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pipelined_fold_equals_one_transaction_per_event() {
+        let items = log();
+        let mut expected = MemStore::default();
+        expected
+            .fold_all(items.iter().map(|(seq, s, env)| (*seq, s.as_str(), env)))
+            .expect("folds");
+        // Small batches several times over: folding through the batch being committed is
+        // what makes the result right, whether or not that commit has landed yet.
+        for size in [1, 1, 1, 1, 1, 2, 3, 7, 50, 1_000] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let db = Arc::new(Db::open(dir.path()).expect("open"));
+            let mut pipeline = Pipeline::new(Arc::clone(&db), Commit::Unlogged);
+            let mut committed = Vec::new();
+            for (i, batch) in items.chunks(size).enumerate() {
+                committed.extend(pipeline.push(copy(batch), i).await.expect("push"));
+            }
+            committed.extend(pipeline.settle().await.expect("settle"));
+            let order: Vec<usize> = committed.iter().map(|(_, i)| *i).collect();
+            let batches = items.len().div_ceil(size);
+            assert_eq!(
+                order,
+                (0..batches).collect::<Vec<_>>(),
+                "in order, each once"
+            );
+            let set_aside: u64 = committed.iter().map(|(r, _)| r.set_aside).sum();
+            assert_eq!(set_aside, 2, "the second report and the garbage");
+            assert_eq!(
+                committed.last().map(|(r, _)| r.last_seq),
+                Some(items.len() as u64)
+            );
+            assert_eq!(
+                db.checksum().expect("checksum"),
+                expected.checksum(),
+                "batches of {size}"
+            );
+        }
+    }
+}
