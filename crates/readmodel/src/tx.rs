@@ -181,16 +181,15 @@ impl<'a, R: Read + ?Sized> Tx<'a, R> {
         }
     }
 
-    /// The changes, to be committed together, in [`Changes::sorted`]'s order.
+    /// The changes, owned, in [`Changes::sorted`]'s order.
     pub fn into_changes(self) -> impl Iterator<Item = (Cf, Vec<u8>, Option<Vec<u8>>)> {
-        Cf::ALL
+        let changes = self.finish();
+        let owned: Vec<_> = changes
+            .sorted()
             .into_iter()
-            .zip(self.finish().pending)
-            .flat_map(|(cf, p)| {
-                let mut changes: Vec<(Vec<u8>, Option<Vec<u8>>)> = p.into_iter().collect();
-                changes.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
-                changes.into_iter().map(move |(k, v)| (cf, k, v))
-            })
+            .map(|(cf, k, v)| (cf, k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        owned.into_iter()
     }
 }
 

@@ -208,24 +208,9 @@ impl Store {
         self.commit(batch, Durability::Synced)
     }
 
-    /// Applies changes to named column families atomically (one `WriteBatch`).
+    /// Applies changes to named column families atomically (one `WriteBatch`): `(cf, key,
+    /// Some(value))` puts, `None` deletes.
     pub fn write_cf<'a>(
-        &self,
-        changes: impl IntoIterator<Item = (&'a str, Change)>,
-        durability: Durability,
-    ) -> Result<(), StoreError> {
-        let changes: Vec<(&str, Change)> = changes.into_iter().collect();
-        self.write_cf_slices(
-            changes.iter().map(|(cf, c)| match c {
-                Change::Put(k, v) => (*cf, k.as_slice(), Some(v.as_slice())),
-                Change::Delete(k) => (*cf, k.as_slice(), None),
-            }),
-            durability,
-        )
-    }
-
-    /// [`Store::write_cf`] from borrowed keys and values (`None`: delete).
-    pub fn write_cf_slices<'a>(
         &self,
         changes: impl IntoIterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
         durability: Durability,
@@ -347,19 +332,16 @@ mod cf_tests {
             store
                 .write_cf(
                     [
-                        ("a", Change::Put(b"x/1".to_vec(), b"1".to_vec())),
-                        ("a", Change::Put(b"x/2".to_vec(), b"2".to_vec())),
-                        ("a", Change::Put(b"y/1".to_vec(), b"3".to_vec())),
-                        ("b", Change::Put(b"x/1".to_vec(), b"4".to_vec())),
+                        ("a", &b"x/1"[..], Some(&b"1"[..])),
+                        ("a", b"x/2", Some(b"2")),
+                        ("a", b"y/1", Some(b"3")),
+                        ("b", b"x/1", Some(b"4")),
                     ],
                     Durability::Synced,
                 )
                 .expect("write");
             assert!(matches!(
-                store.write_cf(
-                    [("nope", Change::Delete(b"k".to_vec()))],
-                    Durability::Buffered
-                ),
+                store.write_cf([("nope", &b"k"[..], None)], Durability::Buffered),
                 Err(StoreError::NoColumnFamily { .. })
             ));
         }
@@ -375,10 +357,7 @@ mod cf_tests {
         assert_eq!(seen, vec![(b"x/2".to_vec(), b"2".to_vec())]);
         assert_eq!(store.get_cf("b", b"x/1").expect("get"), Some(b"4".to_vec()));
         assert!(matches!(
-            store.write_cf(
-                [("a", Change::Delete(b"x/1".to_vec()))],
-                Durability::Buffered
-            ),
+            store.write_cf([("a", &b"x/1"[..], None)], Durability::Buffered),
             Err(StoreError::ReadOnly { .. })
         ));
     }
@@ -418,7 +397,7 @@ mod options_tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open_cfs(dir.path(), &[("a", Access::Point)]).expect("open");
         store
-            .write_cf_slices(
+            .write_cf(
                 [
                     ("a", &b"k2"[..], Some(&b"two"[..])),
                     ("a", b"k1", Some(b"one")),

@@ -75,7 +75,7 @@ impl Db {
 
     /// Commits a transaction's changes in one `WriteBatch`.
     pub fn commit(&self, changes: &Changes, durability: Durability) -> Result<(), StoreError> {
-        self.store.write_cf_slices(
+        self.store.write_cf(
             changes
                 .sorted()
                 .into_iter()
