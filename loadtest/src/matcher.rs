@@ -453,8 +453,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         muster_matching::round::SEARCH_THREADS,
         args.seed
     );
-    if let Some(e) = args.engines.iter().find(|e| !(2..=3).contains(*e)) {
-        anyhow::bail!("--engines takes the short-list engines 2 and 3, not {e}");
+    if let Some(e) = args
+        .engines
+        .iter()
+        .find(|e| !(2..=muster_matching::round::LATEST_ENGINE).contains(e))
+    {
+        anyhow::bail!(
+            "--engines takes the short-list engines 2 to {}, not {e}",
+            muster_matching::round::LATEST_ENGINE
+        );
     }
     for s in &args.scenarios {
         match s.as_str() {

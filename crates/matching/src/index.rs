@@ -8,8 +8,10 @@
 //! nearest first ([`SpatialIndex::nearest`]), so in a dense town it stops after a few hundred
 //! metres instead of judging the thousands of offers in a coarse cell. Scarce classes (a
 //! criminal-record level few hold) are kept apart from abundant ones in every cell. Each entry
-//! carries its offer's location and the categories it serves, so a search can rule an offer out
-//! without reading the offer; an offer serving several categories is indexed once.
+//! carries its offer's location, the categories it serves, its provider's qualifications (as
+//! bits) and fairness tier (tasks so far, capped), so a search can rule an offer out, or bound
+//! its score, without reading the offer or its provider; an offer serving several categories is
+//! indexed once.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -34,6 +36,38 @@ pub struct Entry {
     pub at: GeoPoint,
     /// The categories it serves, one bit each (see [`kind_bit`]).
     kinds: u8,
+    /// Its provider's qualifications, [`crate::rules::qualification_bits`] OR-ed.
+    quals: u16,
+    /// Its provider's tasks so far, at most [`TIERS`] - 1: fairness scores them no higher
+    /// than a provider with this many tasks.
+    tier: u8,
+}
+
+/// Fairness tiers an entry records: tasks 0, 1, 2, and 3 or more.
+pub const TIERS: u8 = 4;
+
+/// How an offer is filed besides where it is and what it serves: its provider's
+/// criminal-record level, qualification bits and fairness tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Class {
+    pub level: u8,
+    pub quals: u16,
+    /// Tasks so far (the index caps them at [`TIERS`] - 1).
+    pub tasks: u32,
+}
+
+impl Entry {
+    /// The tasks its provider had at least, when fairness is scored: a lower bound, so a
+    /// score computed with it is an upper bound.
+    pub fn tasks_at_least(&self) -> u32 {
+        u32::from(self.tier)
+    }
+
+    /// Whether its provider may hold every qualification of `required` (a mask of
+    /// [`crate::rules::qualification_bits`]): `false` means they hold none of some required one.
+    pub fn may_qualify(&self, required: u16) -> bool {
+        self.quals & required == required
+    }
 }
 
 /// The offers of one fine cell, by their provider's criminal-record level; each sorted by slot.
@@ -65,6 +99,13 @@ struct Placed {
     fine: Cell,
     at: GeoPoint,
     level: u8,
+    quals: u16,
+    tier: u8,
+}
+
+/// The fairness tier of a provider with `tasks` tasks.
+fn tier_of_tasks(tasks: u32) -> u8 {
+    tasks.min(u32::from(TIERS - 1)) as u8
 }
 
 /// A category's bit in an entry's `kinds`.
@@ -109,16 +150,20 @@ impl SpatialIndex {
         }
     }
 
-    pub(crate) fn insert(&mut self, slot: u32, spec: &OfferSpecV1, level: u8) {
+    /// Indexes offer `slot` as its provider's `class` says.
+    pub(crate) fn insert(&mut self, slot: u32, spec: &OfferSpecV1, class: Class) {
         self.max_radius_m = self.max_radius_m.max(spec.travel_radius_m);
         let placed = Placed {
             kinds: kind_bits(&spec.kinds),
             fine: geo::fine_cell(&spec.location),
             at: spec.location,
-            level: level.min(LEVELS as u8 - 1),
+            level: class.level.min(LEVELS as u8 - 1),
+            quals: class.quals,
+            tier: tier_of_tasks(class.tasks),
         };
         if self.placed.get(slot as usize) == Some(&Some(placed)) {
-            // Already there (a provider's new verification that leaves their level as it was).
+            // Already there (a provider's new verification or task that changes nothing the
+            // index files by).
             return;
         }
         self.remove(slot);
@@ -127,6 +172,8 @@ impl SpatialIndex {
             slot,
             at: placed.at,
             kinds: placed.kinds,
+            quals: placed.quals,
+            tier: placed.tier,
         };
         let list = &mut self
             .cells
@@ -146,6 +193,39 @@ impl SpatialIndex {
             self.placed.resize(i + 1, None);
         }
         self.placed[i] = Some(placed);
+    }
+
+    /// Files offer `slot` under its provider's new count of `tasks`, as it is otherwise (its
+    /// level and qualifications are filed by what their verifications were when they changed).
+    pub(crate) fn set_tasks(&mut self, slot: u32, tasks: u32) {
+        let tier = tier_of_tasks(tasks);
+        let Some(Some(placed)) = self.placed.get_mut(slot as usize) else {
+            return;
+        };
+        if placed.tier == tier {
+            return;
+        }
+        placed.tier = tier;
+        let placed = *placed;
+        let list = self
+            .cells
+            .get_mut(&geo::coarse_of(placed.fine))
+            .and_then(|fines| fines.get_mut(&placed.fine))
+            .map(|bucket| &mut bucket.by_level[usize::from(placed.level)]);
+        if let Some(list) = list
+            && let Ok(i) = list.binary_search_by_key(&slot, |e| e.slot)
+        {
+            list[i].tier = tier;
+        }
+    }
+
+    /// The fairness tier offer `slot` is filed under (`None`: not indexed).
+    pub fn tier_of(&self, slot: u32) -> Option<u8> {
+        self.placed
+            .get(slot as usize)
+            .copied()
+            .flatten()
+            .map(|p| p.tier)
     }
 
     /// The largest travel radius of any offer indexed so far.
@@ -488,7 +568,14 @@ mod tests {
                         .map(|(_, k)| *k)
                         .collect();
                     let s = spec(CENTRE.lat_e6 + dlat, CENTRE.lon_e6 + dlon, kinds.clone());
-                    index.insert(*slot, &s, *level);
+                    index.insert(
+                        *slot,
+                        &s,
+                        Class {
+                            level: *level,
+                            ..Class::default()
+                        },
+                    );
                     truth.insert(*slot, Some((s.location, kinds, *level)));
                 }
                 Op::Remove(slot) => {

@@ -38,12 +38,21 @@ pub struct Proposal {
 ///   first instead of its coarse cells (0.05°), judging each cell's offers in order of their
 ///   distance: the same optimum total, reached without judging the thousands of offers a coarse
 ///   cell of a dense town holds. Its lists (and so, where optima tie, its choice among them)
-///   may differ from engine 2's, hence a new engine. The one the matcher runs.
-pub const ENGINE: u16 = 3;
+///   may differ from engine 2's, hence a new engine.
+/// - Engine 4: engine 3, with tighter bounds on the offers it leaves out: each offer's best
+///   possible score counts its provider's tasks so far (fairness scores a provider with tasks
+///   lower, and the index files each offer by its provider's tasks, 0 to 3 or more), and an
+///   offer whose provider lacks a qualification the need requires is passed over (the index
+///   files qualifications as bits). In a surge, where most volunteers near a need already have
+///   a task, engine 3 judged every one of them before it could rule out an untasked volunteer
+///   farther away, and proved a need that no one near can serve unmatchable by judging every
+///   offer in reach, every round. The same optimum total; its lists can differ from engine
+///   3's, hence a new engine. The one the matcher runs.
+pub const ENGINE: u16 = 4;
 
 /// The newest engine this build knows; every engine from 1 to this one can still decide (and
 /// so audit) a round.
-pub const LATEST_ENGINE: u16 = 3;
+pub const LATEST_ENGINE: u16 = 4;
 
 /// Engines 2 and 3: how many providers a need's list starts with, and how much a list grows
 /// when the duals cannot prove the providers left out irrelevant.
@@ -180,13 +189,15 @@ fn best_providers(
         n: n.max(1),
         waited: need.waited_us(state.now),
         lean: search != Search::Full,
-        live_nth: search == Search::Nearest,
+        live_nth: matches!(search, Search::Nearest | Search::Tiered),
         best: BTreeMap::new(),
         beyond: None,
         nth: None,
         looked: 0,
         judged: 0,
         scratch: Vec::new(),
+        top: BTreeMap::new(),
+        top_len: 0,
     };
     match search {
         Search::Full | Search::Lean => {
@@ -210,7 +221,9 @@ fn best_providers(
                 list.trim();
             }
         }
-        Search::Nearest => {
+        Search::Nearest | Search::Tiered => {
+            let tiered = search == Search::Tiered;
+            let quals = need.required_quals();
             let mut walk = state.index.nearest(&spec.location, reach);
             // The cell's offers to judge, most promising first: see `Promise`.
             let mut order: Vec<Promise> = Vec::new();
@@ -229,33 +242,46 @@ fn best_providers(
                     break;
                 };
                 // Offers too far to enter the list are left out unjudged, and unsorted: the
-                // nearest of them bounds what they could have scored.
+                // best of their ceilings bounds what they could have scored.
                 order.clear();
-                let mut nearest_left_out: Option<u32> = None;
+                let mut left_out: Option<i64> = None;
                 for e in bucket.serving(spec.category, min_level) {
                     list.looked += 1;
+                    let hopeless = !e.may_qualify(quals);
+                    if tiered && hopeless {
+                        // Engine 4: an offer the rules would reject bounds nothing.
+                        continue;
+                    }
                     let d = geo::distance_m(&spec.location, &e.at);
-                    if within.is_some_and(|w| d > w) {
-                        nearest_left_out = Some(nearest_left_out.map_or(d, |n| n.min(d)));
+                    let ceiling = if tiered {
+                        list.ceiling_with(d, e.tasks_at_least())
                     } else {
-                        order.push(Promise::new(list.ceiling(d), e.slot));
+                        list.ceiling(d)
+                    };
+                    if within.is_some_and(|w| d > w) {
+                        left_out = left_out.max(Some(ceiling));
+                    } else {
+                        order.push(Promise::new(ceiling, e.slot, hopeless));
                     }
                 }
                 order.sort_unstable();
-                let mut stopped = false;
                 for promise in &order {
-                    let (ceiling, slot) = promise.get();
+                    let (ceiling, slot, hopeless) = promise.get();
                     if list.nth.is_some_and(|kth| ceiling < kth) {
                         // This offer and the rest of the cell cannot reach the list.
                         list.beyond = list.beyond.max(Some(ceiling));
-                        stopped = true;
                         break;
                     }
-                    list.take(slot);
+                    // A hopeless offer is one the rules would reject: it takes its place in
+                    // the order (its ceiling may bound what is left out) but is not judged.
+                    if !hopeless {
+                        list.take(slot);
+                    }
                 }
-                if !stopped && let Some(d) = nearest_left_out {
-                    list.beyond = list.beyond.max(Some(list.ceiling(d)));
-                }
+                // The offers left out by distance, whether or not the cell stopped early
+                // (engine 3's stop is nearer, so bounds them anyway; engine 4's ceilings count
+                // tasks, so a farther offer's can be the higher).
+                list.beyond = list.beyond.max(left_out);
                 list.trim();
                 if let Some(kth) = list.nth {
                     let farthest = list.reach_for(kth, reach);
@@ -308,20 +334,27 @@ fn id_prefix(id: &ProviderKey) -> u128 {
 /// An offer of a cell engine 3 walks, with the best score its distance allows: ordered by that
 /// score, highest first, then by slot (one integer compare).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// It also carries whether the offer is hopeless (its provider lacks a qualification the need
+/// requires, see [`crate::index::Entry::may_qualify`]): below the slot, so it never decides the
+/// order.
 struct Promise(u128);
 
 impl Promise {
     /// Flipping the sign bit orders an i64 as an u64; inverting it puts the highest first.
     const SIGN: u64 = 1 << 63;
 
-    fn new(ceiling: i64, slot: u32) -> Self {
+    fn new(ceiling: i64, slot: u32, hopeless: bool) -> Self {
         let high_first = !(ceiling as u64 ^ Self::SIGN);
-        Self(u128::from(high_first) << 32 | u128::from(slot))
+        Self(u128::from(high_first) << 64 | u128::from(slot) << 32 | u128::from(hopeless))
     }
 
-    fn get(self) -> (i64, u32) {
-        let high_first = (self.0 >> 32) as u64;
-        ((!high_first ^ Self::SIGN) as i64, self.0 as u32)
+    fn get(self) -> (i64, u32, bool) {
+        let high_first = (self.0 >> 64) as u64;
+        (
+            (!high_first ^ Self::SIGN) as i64,
+            (self.0 >> 32) as u32,
+            self.0 & 1 == 1,
+        )
     }
 }
 
@@ -346,6 +379,9 @@ enum Search {
     Lean,
     /// Engine 3: as `Lean`, walking fine cells nearest first.
     Nearest,
+    /// Engine 4: as `Nearest`, each offer's ceiling counting its provider's tasks, and offers
+    /// of providers without a required qualification passed over.
+    Tiered,
 }
 
 /// A need's list as [`best_providers`] builds it.
@@ -369,6 +405,10 @@ struct Shortlist<'a> {
     judged: u64,
     /// Room to find the n-th best score in.
     scratch: Vec<i64>,
+    /// With `live_nth`: the `n` best scores listed (their multiset, a count per score), so
+    /// the n-th best is at hand after every offer taken instead of selected anew.
+    top: BTreeMap<i64, u32>,
+    top_len: usize,
 }
 
 impl Shortlist<'_> {
@@ -383,8 +423,13 @@ impl Shortlist<'_> {
 
     /// Scores are at most this at distance `d` (fairness at its best).
     fn ceiling(&self, d: u32) -> i64 {
+        self.ceiling_with(d, 0)
+    }
+
+    /// Scores of a provider with at least `tasks` tasks are at most this at distance `d`.
+    fn ceiling_with(&self, d: u32, tasks: u32) -> i64 {
         let policy = &self.state.policy;
-        rules::score(self.need.spec.urgency.get(), self.waited, d, 0, policy).total
+        rules::score(self.need.spec.urgency.get(), self.waited, d, tasks, policy).total
     }
 
     /// Called before a cell whose offers are all at least `nearest` metres away (as are those of
@@ -462,22 +507,70 @@ impl Shortlist<'_> {
             distance_m,
             score,
         };
-        self.best
-            .entry(offer.provider)
-            .and_modify(|c| {
-                if (candidate.score.total, std::cmp::Reverse(candidate.offer))
-                    > (c.score.total, std::cmp::Reverse(c.offer))
-                {
+        // The provider's best score before (`Some(None)`: newly listed), if it changed.
+        let raised = match self.best.entry(offer.provider) {
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(candidate);
+                Some(None)
+            }
+            std::collections::btree_map::Entry::Occupied(mut o) => {
+                let c = o.get_mut();
+                let better = (candidate.score.total, std::cmp::Reverse(candidate.offer))
+                    > (c.score.total, std::cmp::Reverse(c.offer));
+                let old = c.score.total;
+                if better {
                     *c = candidate;
                 }
-            })
-            .or_insert(candidate);
-        // Adding a score at or below the n-th best leaves it where it was.
+                better.then_some(Some(old))
+            }
+        };
         if self.live_nth
-            && self.best.len() >= self.n
-            && self.nth.is_none_or(|kth| score.total > kth)
+            && let Some(old) = raised
         {
-            self.nth = Some(self.nth_best());
+            self.rank(old, score.total);
+            if self.top_len >= self.n {
+                self.nth = self.top.first_key_value().map(|(k, _)| *k);
+            }
+        }
+    }
+
+    /// Keeps `top` the `n` best scores listed when a provider's best rises from `old` (`None`:
+    /// newly listed) to `new`. Only values matter, so the scores below the top `n` need not be
+    /// kept: a provider's best only rises, and one that rises from below the n-th best enters
+    /// the top as a new score would.
+    fn rank(&mut self, old: Option<i64>, new: i64) {
+        let full = self.top_len >= self.n;
+        let least = self.top.first_key_value().map(|(k, _)| *k);
+        match old {
+            // The old score is among the top (as a value): the new one takes its place.
+            Some(o) if !full || least.is_some_and(|m| o >= m) => {
+                self.top_take(o);
+                self.top_put(new);
+            }
+            _ if !full => self.top_put(new),
+            _ => {
+                if let Some(m) = least
+                    && new > m
+                {
+                    self.top_take(m);
+                    self.top_put(new);
+                }
+            }
+        }
+    }
+
+    fn top_put(&mut self, score: i64) {
+        *self.top.entry(score).or_default() += 1;
+        self.top_len += 1;
+    }
+
+    fn top_take(&mut self, score: i64) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.top.entry(score) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+            self.top_len -= 1;
         }
     }
 
@@ -620,6 +713,7 @@ impl RoundInstance {
         let search = match engine {
             2 => Search::Lean,
             3 => Search::Nearest,
+            4 => Search::Tiered,
             _ => return None,
         };
         let cancelled = || cancel.load(Ordering::Relaxed);
@@ -833,7 +927,7 @@ pub fn round_with(state: &State, engine: u16) -> Option<Round> {
             let solution = solver::solve(&built.instance());
             (built, solution)
         }
-        2 | 3 => {
+        2..=4 => {
             let (built, solution, _) = RoundInstance::solve_widening(state, engine)?;
             (built, solution)
         }
@@ -968,16 +1062,18 @@ mod tests {
     use super::*;
 
     proptest! {
-        /// Promises sort by score, highest first, then by slot, and give back what they hold.
+        /// Promises sort by score, highest first, then by slot, and give back what they hold
+        /// (the hopeless flag too, which never decides between two slots).
         #[test]
         fn promises_order_by_score_then_slot(
-            pairs in proptest::collection::vec((any::<i64>(), any::<u32>()), 1..40),
+            pairs in proptest::collection::vec((any::<i64>(), any::<u32>(), any::<bool>()), 1..40),
         ) {
-            let mut promises: Vec<Promise> = pairs.iter().map(|(c, s)| Promise::new(*c, *s)).collect();
+            let mut promises: Vec<Promise> =
+                pairs.iter().map(|(c, s, h)| Promise::new(*c, *s, *h)).collect();
             promises.sort_unstable();
-            let got: Vec<(i64, u32)> = promises.into_iter().map(Promise::get).collect();
+            let got: Vec<(i64, u32, bool)> = promises.into_iter().map(Promise::get).collect();
             let mut expected = pairs;
-            expected.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            expected.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
             prop_assert_eq!(got, expected);
         }
 

@@ -20,6 +20,21 @@ pub fn criminal_record_level(kind: &VerificationKind) -> u8 {
     }
 }
 
+/// A qualification's bit among 16 (FNV-1a of its name; fixed forever, snapshots keep it), 0 for
+/// other kinds. A provider's bits, OR-ed over what they hold, are a superset filter: an offer
+/// whose provider lacks a bit of a need's cannot serve it, without reading either record.
+pub fn qualification_bits(kind: &VerificationKind) -> u16 {
+    match kind {
+        VerificationKind::Qualification(name) => {
+            let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            1 << (h % 16)
+        }
+        _ => 0,
+    }
+}
+
 /// Whether holding `held` satisfies a requirement for `required`.
 pub fn satisfies(held: &VerificationKind, required: &VerificationKind) -> bool {
     let (h, r) = (criminal_record_level(held), criminal_record_level(required));

@@ -15,7 +15,7 @@ use muster_schema::{
     EntityId, Envelope, Event, PartitionCode, PersonId, PolicyV1, Provider, Response, Timestamp,
 };
 
-use crate::index::SpatialIndex;
+use crate::index::{Class, SpatialIndex};
 use crate::rules::{self, HeldVerification};
 
 /// Who stands behind offers: one assignment per provider per round.
@@ -48,6 +48,15 @@ impl Need {
             .map(rules::criminal_record_level)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The qualifications its required verifications call for, as
+    /// [`rules::qualification_bits`] (0: none).
+    pub fn required_quals(&self) -> u16 {
+        self.spec
+            .required_verifications
+            .iter()
+            .fold(0, |bits, k| bits | rules::qualification_bits(k))
     }
 
     /// How long it has waited at log time `now`, in microseconds.
@@ -221,20 +230,38 @@ impl State {
     /// The highest criminal-record level a provider holds that is, or will become, valid: the
     /// index class. A superset of what is valid at any later time (the rules decide exactly).
     fn level_of(&self, provider: u32) -> u8 {
-        self.providers[provider as usize]
-            .held()
-            .filter(|h| h.valid_at(self.now) || h.issued_at > self.now)
+        self.lasting(provider)
             .map(|h| rules::criminal_record_level(&h.kind))
             .max()
             .unwrap_or(0)
     }
 
+    /// How the index files a provider's offers: their level, the qualifications they hold
+    /// that are or will become valid (as [`rules::qualification_bits`], a superset as the
+    /// level is) and their tasks.
+    fn class_of(&self, provider: u32) -> Class {
+        Class {
+            level: self.level_of(provider),
+            quals: self
+                .lasting(provider)
+                .fold(0, |bits, h| bits | rules::qualification_bits(&h.kind)),
+            tasks: self.providers[provider as usize].tasks,
+        }
+    }
+
+    /// A provider's verifications that are valid now or will be.
+    fn lasting(&self, provider: u32) -> impl Iterator<Item = &HeldVerification> {
+        self.providers[provider as usize]
+            .held()
+            .filter(|h| h.valid_at(self.now) || h.issued_at > self.now)
+    }
+
     fn reindex_provider(&mut self, provider: u32) {
-        let level = self.level_of(provider);
+        let class = self.class_of(provider);
         for slot in self.providers[provider as usize].offers.clone() {
             let o = &self.offers[slot as usize];
             if !o.withdrawn {
-                self.index.insert(slot, &o.spec, level);
+                self.index.insert(slot, &o.spec, class);
             }
         }
     }
@@ -384,6 +411,19 @@ impl State {
             .map(|(id, _)| *id)
             .collect();
         assert_eq!(self.open, open, "open needs");
+        for (slot, o) in self.offers.iter().enumerate() {
+            let tier = self.index.tier_of(slot as u32);
+            if o.withdrawn {
+                assert_eq!(tier, None, "offer {slot} is withdrawn and not indexed");
+            } else {
+                let tasks = self.providers[o.provider as usize].tasks;
+                assert_eq!(
+                    tier.map(u32::from),
+                    Some(tasks.min(u32::from(crate::index::TIERS) - 1)),
+                    "offer {slot}'s fairness tier"
+                );
+            }
+        }
         let pending: BTreeSet<(Timestamp, EntityId)> = self
             .assignments
             .iter()
@@ -517,8 +557,8 @@ impl State {
                     withdrawn: false,
                 });
                 self.providers[provider as usize].offers.push(slot);
-                let level = self.level_of(provider);
-                self.index.insert(slot, &e.spec, level);
+                let class = self.class_of(provider);
+                self.index.insert(slot, &e.spec, class);
             }
             Event::OfferUpdatedV1(e) => {
                 let Some(&slot) = self.offer_slot.get(&e.offer) else {
@@ -530,8 +570,8 @@ impl State {
                 }
                 o.spec = e.spec.clone();
                 let provider = o.provider;
-                let level = self.level_of(provider);
-                self.index.insert(slot, &e.spec, level);
+                let class = self.class_of(provider);
+                self.index.insert(slot, &e.spec, class);
             }
             Event::OfferWithdrawnV1(e) => {
                 if let Some(&slot) = self.offer_slot.get(&e.offer) {
@@ -582,6 +622,10 @@ impl State {
                 let p = &mut self.providers[provider as usize];
                 p.load += 1;
                 p.tasks += 1;
+                let tasks = p.tasks;
+                for &slot in &self.providers[provider as usize].offers {
+                    self.index.set_tasks(slot, tasks);
+                }
                 let a = Assignment {
                     need: e.need,
                     offer: e.offer,

@@ -459,6 +459,111 @@ fn scarce_vetted_supply_goes_where_only_it_can_help() {
     assert_eq!(got, want);
 }
 
+/// `n` volunteers `vol-{first}..` on a line north of the need's point, `step_m` apart from
+/// `from_m`, each with one offer of capacity 3 and a 20 km reach.
+fn volunteers_north(s: &mut Scenario, first: usize, n: usize, from_m: i32, step_m: i32) {
+    let centre = at(53.96, -1.08);
+    for i in first..first + n {
+        let north_m = from_m + (i - first) as i32 * step_m;
+        s.offer(
+            &format!("o{i}"),
+            &format!("vol-{i}"),
+            OfferSpecV1 {
+                capacity: 3,
+                travel_radius_m: 20_000,
+                // About 9 metres a microdegree... of latitude: 1 m is 9 microdegrees.
+                location: GeoPoint {
+                    lat_e6: centre.lat_e6 + north_m * 9,
+                    lon_e6: centre.lon_e6,
+                },
+                ..offer()
+            },
+        );
+    }
+}
+
+#[test]
+fn a_need_no_one_in_reach_is_qualified_for_is_unmatched_without_judging_anyone() {
+    use muster_matching::round::round_with_stats;
+    let pharmacist = VerificationKind::Qualification("pharmacist".into());
+    let mut s = Scenario::new();
+    volunteers_north(&mut s, 0, 200, 100, 20);
+    // Some hold another qualification: a bit of their own, not the pharmacist's.
+    for i in (0..200).step_by(7) {
+        s.verified(
+            &format!("q{i}"),
+            &format!("vol-{i}"),
+            VerificationKind::Qualification("nurse".into()),
+            None,
+        );
+    }
+    s.need(
+        "n1",
+        NeedSpecV1 {
+            location: at(53.96, -1.08),
+            required_verifications: vec![pharmacist.clone()],
+            ..need(3)
+        },
+    );
+    for engine in [3, 4] {
+        let (r, stats) = round_with_stats(&s.state, engine, 1).expect("a known engine");
+        assert!(
+            r.proposals.is_empty(),
+            "engine {engine}: no one can serve n1"
+        );
+        assert_eq!(
+            stats.judged, 0,
+            "engine {engine} judged an unqualified volunteer"
+        );
+        assert!(
+            stats.looked >= 200,
+            "engine {engine} looked at every volunteer in reach"
+        );
+    }
+    // A pharmacist far away is found, and judged.
+    volunteers_north(&mut s, 200, 1, 15_000, 0);
+    s.verified("q-far", "vol-200", pharmacist, None);
+    for engine in 1..=muster_matching::round::LATEST_ENGINE {
+        let r = muster_matching::round::round_with(&s.state, engine).expect("a known engine");
+        let got: Vec<String> = r.proposals.iter().map(|p| p.provider.to_string()).collect();
+        assert_eq!(got, ["vol-200"], "engine {engine}");
+    }
+    s.state.check_derived();
+}
+
+#[test]
+fn engine_4_passes_over_volunteers_with_tasks_that_cannot_beat_one_without() {
+    use muster_matching::round::round_with_stats;
+    let mut s = Scenario::new();
+    // Sixty volunteers within 1.3 km, then one 3 km out.
+    volunteers_north(&mut s, 0, 60, 100, 20);
+    volunteers_north(&mut s, 60, 1, 3_000, 0);
+    // Sixty needs at the point: each of the near volunteers is given one (a task).
+    for i in 0..60 {
+        s.need(&format!("first-{i}"), need(3));
+    }
+    let first = s.round_applied();
+    assert_eq!(first.len(), 60);
+    // Whoever got none has no task: one of them is the far volunteer or a near one.
+    s.after(60_000_000);
+    s.need("n1", need(3));
+    let (three, three_stats) = round_with_stats(&s.state, 3, 1).expect("engine 3");
+    let (four, four_stats) = round_with_stats(&s.state, 4, 1).expect("engine 4");
+    let optimum = muster_matching::round::round_with(&s.state, 1).expect("engine 1");
+    assert_eq!(three.total_score, optimum.total_score);
+    assert_eq!(four.total_score, optimum.total_score);
+    assert_eq!(four.proposals.len(), 1);
+    // A volunteer with a task scores 1,500 less for fairness: 7.5 km of distance. Engine 3
+    // judges each of them before it can rule out the untasked one; engine 4 knows their tasks.
+    assert!(
+        four_stats.judged * 4 < three_stats.judged,
+        "engine 4 judged {} offers, engine 3 {}",
+        four_stats.judged,
+        three_stats.judged
+    );
+    s.state.check_derived();
+}
+
 #[test]
 fn an_assignment_not_accepted_in_time_expires_and_its_need_is_matched_again() {
     let mut s = Scenario::new();
@@ -1031,6 +1136,59 @@ mod properties {
             prop_assert_eq!(first, play(&steps));
         }
 
+        /// A second wave of needs after the first was matched (so volunteers have tasks, and
+        /// engine 4's tiers differ), some asking for a qualification a few volunteers hold: every
+        /// engine reaches engine 1's optimum, and the state's derived parts (the index's tiers
+        /// among them) agree with it.
+        #[test]
+        fn engines_agree_once_volunteers_have_tasks_and_needs_ask_for_qualifications(
+            needs in proptest::collection::vec((-2_000i32..2_000, -3_000i32..3_000, 1u32..=5, 0u8..4), 9..24),
+            volunteers in proptest::collection::vec(
+                (-30_000i32..30_000, -45_000i32..45_000, 1u16..3, 2_000u32..12_000, 0u8..4),
+                10..50,
+            ),
+        ) {
+            let quals = |q: u8| match q {
+                1 => vec![VerificationKind::Qualification("pharmacist".into())],
+                2 => vec![VerificationKind::Qualification("nurse".into())],
+                _ => vec![],
+            };
+            let centre = at(53.96, -1.08);
+            let mut s = Scenario::new();
+            for (i, (lat, lon, capacity, radius, q)) in volunteers.iter().enumerate() {
+                let vol = format!("vol-{i}");
+                for (k, kind) in quals(*q).into_iter().enumerate() {
+                    s.verified(&format!("v{i}-{k}"), &vol, kind, None);
+                }
+                offer_near(&mut s, i, (*lat, *lon), *capacity, *radius);
+            }
+            for wave in 0..2 {
+                for (i, (lat, lon, urgency, q)) in needs.iter().enumerate() {
+                    s.after(60_000_000);
+                    s.need(
+                        &format!("w{wave}-n{i}"),
+                        NeedSpecV1 {
+                            location: GeoPoint { lat_e6: centre.lat_e6 + lat, lon_e6: centre.lon_e6 + lon },
+                            required_verifications: quals(*q),
+                            ..need(*urgency)
+                        },
+                    );
+                }
+                let rounds: Vec<muster_matching::Round> = (1..=muster_matching::round::LATEST_ENGINE)
+                    .map(|e| muster_matching::round::round_with(&s.state, e).expect("a known engine"))
+                    .collect();
+                for r in &rounds[1..] {
+                    prop_assert_eq!(
+                        r.total_score, rounds[0].total_score,
+                        "wave {}: engine {} against engine 1", wave, r.engine
+                    );
+                }
+                check_round(&s.state, &rounds[rounds.len() - 1]);
+                s.round_applied();
+                s.state.check_derived();
+            }
+        }
+
         /// More needs than a first list holds, all wanting the same few nearest volunteers: the
         /// short-list engines must widen where the duals ask, and reach engine 1's optimum.
         #[test]
@@ -1056,6 +1214,24 @@ mod properties {
         }
     }
 
+    /// Volunteer `vol-{i}`'s offer `o{i}`, `offset` microdegrees from the surge's centre.
+    fn offer_near(s: &mut Scenario, i: usize, offset: (i32, i32), capacity: u16, radius_m: u32) {
+        let centre = at(53.96, -1.08);
+        s.offer(
+            &format!("o{i}"),
+            &format!("vol-{i}"),
+            OfferSpecV1 {
+                capacity,
+                travel_radius_m: radius_m,
+                location: GeoPoint {
+                    lat_e6: centre.lat_e6 + offset.0,
+                    lon_e6: centre.lon_e6 + offset.1,
+                },
+                ..offer()
+            },
+        );
+    }
+
     /// Needs near one point (offsets in microdegrees, urgency) and volunteers around it
     /// (offsets, capacity, travel radius, and whether they hold an enhanced check); every
     /// `enhanced_every`-th need requires one.
@@ -1076,19 +1252,7 @@ mod properties {
                     None,
                 );
             }
-            s.offer(
-                &format!("o{i}"),
-                &vol,
-                OfferSpecV1 {
-                    capacity: *capacity,
-                    travel_radius_m: *radius,
-                    location: GeoPoint {
-                        lat_e6: centre.lat_e6 + lat,
-                        lon_e6: centre.lon_e6 + lon,
-                    },
-                    ..offer()
-                },
-            );
+            offer_near(&mut s, i, (*lat, *lon), *capacity, *radius);
         }
         for (i, (lat, lon, urgency)) in needs.iter().enumerate() {
             s.after(60_000_000);

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::MatcherError;
 
 /// Bump when the engine's state changes shape: old snapshots are then rebuilt from the log.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 const META: &[u8] = b"matcher/meta";
 const INCIDENTS: &[u8] = b"matcher/incident/";
