@@ -369,10 +369,12 @@ async fn cut(
     appender: &Appender,
     cancel: &AtomicBool,
 ) -> Result<(), MatcherError> {
+    let deciding = std::time::Instant::now();
     let Some(r) = round_until(&inc.state, cancel) else {
         tracing::info!(incident = %inc.id, "round given up: stopping");
         return Ok(());
     };
+    let decided = deciding.elapsed();
     inc.since_cut = 0;
     inc.last_round = r.through_seq;
     if r.is_empty() {
@@ -416,10 +418,12 @@ async fn cut(
             }
         })
         .collect();
-    tracing::info!(incident = %inc.id, through_seq = s, proposed = r.proposals.len(), expired = r.expired.len(), cancelled = r.cancelled.len(), "round cut");
+    tracing::info!(incident = %inc.id, through_seq = s, proposed = r.proposals.len(), expired = r.expired.len(), cancelled = r.cancelled.len(), decided_ms = decided.as_millis() as u64, "round cut");
+    let appending = std::time::Instant::now();
     for chunk in outgoing.chunks(muster_log::appender::MAX_BATCH) {
         append_until_stored(appender, chunk.to_vec(), &inc.id, s).await?;
     }
+    tracing::info!(incident = %inc.id, through_seq = s, events = outgoing.len(), appended_ms = appending.elapsed().as_millis() as u64, "round appended");
     inc.awaiting = Some(s);
     Ok(())
 }
