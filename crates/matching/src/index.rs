@@ -64,7 +64,7 @@ impl Entry {
     }
 
     /// Whether its provider may hold every qualification of `required` (a mask of
-    /// [`crate::rules::qualification_bits`]): `false` means they hold none of some required one.
+    /// [`crate::rules::qualification_bits`]): `false` proves they lack one of them.
     pub fn may_qualify(&self, required: u16) -> bool {
         self.quals & required == required
     }
@@ -219,13 +219,16 @@ impl SpatialIndex {
         }
     }
 
-    /// The fairness tier offer `slot` is filed under (`None`: not indexed).
+    /// The fairness tier of offer `slot`'s entry, where searches read it (`None`: not indexed).
     pub fn tier_of(&self, slot: u32) -> Option<u8> {
-        self.placed
-            .get(slot as usize)
-            .copied()
-            .flatten()
-            .map(|p| p.tier)
+        let placed = self.placed.get(slot as usize).copied().flatten()?;
+        let list = &self
+            .cells
+            .get(&geo::coarse_of(placed.fine))?
+            .get(&placed.fine)?
+            .by_level[usize::from(placed.level)];
+        let i = list.binary_search_by_key(&slot, |e| e.slot).ok()?;
+        Some(list[i].tier)
     }
 
     /// The largest travel radius of any offer indexed so far.

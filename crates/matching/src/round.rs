@@ -54,7 +54,7 @@ pub const ENGINE: u16 = 4;
 /// so audit) a round.
 pub const LATEST_ENGINE: u16 = 4;
 
-/// Engines 2 and 3: how many providers a need's list starts with, and how much a list grows
+/// Engines 2 to 4: how many providers a need's list starts with, and how much a list grows
 /// when the duals cannot prove the providers left out irrelevant.
 pub const FIRST_LIST: usize = 8;
 pub const WIDEN: usize = 4;
@@ -331,12 +331,12 @@ fn id_prefix(id: &ProviderKey) -> u128 {
     u128::from_be_bytes(bytes)
 }
 
-/// An offer of a cell engine 3 walks, with the best score its distance allows: ordered by that
-/// score, highest first, then by slot (one integer compare).
+/// An offer of a cell engines 3 and 4 walk, with the best score its distance (and for engine 4
+/// its provider's tasks) allows: ordered by that score, highest first, then by slot (one integer
+/// compare). It also carries whether the offer is hopeless (its provider lacks a qualification
+/// the need requires, see [`crate::index::Entry::may_qualify`]): below the slot, so it never
+/// decides the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-/// It also carries whether the offer is hopeless (its provider lacks a qualification the need
-/// requires, see [`crate::index::Entry::may_qualify`]): below the slot, so it never decides the
-/// order.
 struct Promise(u128);
 
 impl Promise {
