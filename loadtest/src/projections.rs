@@ -45,21 +45,21 @@ const INCIDENT: &str = "pandemic";
 const AGENCY: &str = "bench-agency";
 
 fn envelope(seq: u64, at: i64, event: Event) -> Envelope {
+    let partition = if matches!(event, Event::IncidentDeclaredV1(_)) {
+        PartitionCode::incident_wide()
+    } else {
+        PartitionCode::parse("p", "A").expect("valid")
+    };
     Envelope {
-        schema_version: ENVELOPE_VERSION,
-        event_id: EntityId::hash(&[&seq.to_le_bytes()]),
-        incident: IncidentId::parse("i", INCIDENT).expect("valid"),
-        partition: if matches!(event, Event::IncidentDeclaredV1(_)) {
-            PartitionCode::incident_wide()
-        } else {
-            PartitionCode::parse("p", "A").expect("valid")
-        },
-        recorded_at: Timestamp(at),
-        actor: AgencyId::parse("a", AGENCY).expect("valid"),
         idempotency_key: format!("fill-{seq}"),
-        correlation_id: String::new(),
-        causation_id: None,
-        event,
+        ..Envelope::generated(
+            seq,
+            IncidentId::parse("i", INCIDENT).expect("valid"),
+            partition,
+            Timestamp(at),
+            AgencyId::parse("a", AGENCY).expect("valid"),
+            event,
+        )
     }
 }
 

@@ -9,22 +9,19 @@ use muster_tests::{Nats, read_all};
 const T0: i64 = 1_800_000_000_000_000;
 
 fn env(seq_hint: u64, partition: &str, event: Event) -> Envelope {
-    Envelope {
-        schema_version: ENVELOPE_VERSION,
-        event_id: EntityId::hash(&[&seq_hint.to_le_bytes()]),
-        incident: IncidentId::parse("i", "audit").expect("valid"),
-        partition: if partition == "_" {
-            PartitionCode::incident_wide()
-        } else {
-            PartitionCode::parse("p", partition).expect("valid")
-        },
-        recorded_at: Timestamp(T0),
-        actor: AgencyId::parse("a", "agency").expect("valid"),
-        idempotency_key: format!("k{seq_hint}"),
-        correlation_id: String::new(),
-        causation_id: None,
+    let partition = if partition == "_" {
+        PartitionCode::incident_wide()
+    } else {
+        PartitionCode::parse("p", partition).expect("valid")
+    };
+    Envelope::generated(
+        seq_hint,
+        IncidentId::parse("i", "audit").expect("valid"),
+        partition,
+        Timestamp(T0),
+        AgencyId::parse("a", "agency").expect("valid"),
         event,
-    }
+    )
 }
 
 fn out(e: &Envelope) -> Outgoing {

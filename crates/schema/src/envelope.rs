@@ -54,6 +54,31 @@ pub enum DecodeError {
 }
 
 impl Envelope {
+    /// An envelope with the bookkeeping of a generated log: event id and idempotency key
+    /// (`k{n}`) derived from `n`, no correlation or causation. For tests, benchmarks and
+    /// simulated logs, which only vary the incident, partition, time, actor and event.
+    pub fn generated(
+        n: u64,
+        incident: IncidentId,
+        partition: PartitionCode,
+        recorded_at: Timestamp,
+        actor: AgencyId,
+        event: Event,
+    ) -> Self {
+        Self {
+            schema_version: ENVELOPE_VERSION,
+            event_id: EntityId::hash(&[&n.to_le_bytes()]),
+            incident,
+            partition,
+            recorded_at,
+            actor,
+            idempotency_key: format!("k{n}"),
+            correlation_id: String::new(),
+            causation_id: None,
+            event,
+        }
+    }
+
     /// Encodes this envelope for the log.
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain data to a Vec cannot fail: no maps with non-string keys, no

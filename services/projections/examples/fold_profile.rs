@@ -19,18 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut items: Vec<Item> = Vec::new();
     let mut push = |event: Event| {
         let seq = items.len() as u64 + 1;
-        let env = Envelope {
-            schema_version: ENVELOPE_VERSION,
-            event_id: EntityId::hash(&[&seq.to_le_bytes()]),
-            incident: incident.clone(),
-            partition: PartitionCode::parse("p", "A1").expect("valid"),
-            recorded_at: Timestamp(t0 + seq as i64 * 1_000),
-            actor: AgencyId::parse("a", "council").expect("valid"),
-            idempotency_key: format!("k{seq}"),
-            correlation_id: String::new(),
-            causation_id: None,
+        let env = Envelope::generated(
+            seq,
+            incident.clone(),
+            PartitionCode::parse("p", "A1").expect("valid"),
+            Timestamp(t0 + seq as i64 * 1_000),
+            AgencyId::parse("a", "council").expect("valid"),
             event,
-        };
+        );
         items.push((seq, subject::for_envelope(&env), Ok(env)));
     };
     push(Event::IncidentDeclaredV1(IncidentDeclaredV1 {

@@ -281,18 +281,14 @@ mod tests {
             .enumerate()
             .map(|(i, event)| {
                 let seq = i as u64 + 1;
-                let env = Envelope {
-                    schema_version: ENVELOPE_VERSION,
-                    event_id: EntityId::hash(&[&seq.to_le_bytes()]),
-                    incident: incident.clone(),
-                    partition: PartitionCode::parse("p", "A1").expect("valid"),
-                    recorded_at: Timestamp(t0 + seq as i64 * 1_000),
-                    actor: AgencyId::parse("a", "council").expect("valid"),
-                    idempotency_key: format!("k{seq}"),
-                    correlation_id: String::new(),
-                    causation_id: None,
+                let env = Envelope::generated(
+                    seq,
+                    incident.clone(),
+                    PartitionCode::parse("p", "A1").expect("valid"),
+                    Timestamp(t0 + seq as i64 * 1_000),
+                    AgencyId::parse("a", "council").expect("valid"),
                     event,
-                };
+                );
                 (seq, subject::for_envelope(&env), Ok(env))
             })
             .collect();
