@@ -20,17 +20,19 @@ pub fn criminal_record_level(kind: &VerificationKind) -> u8 {
     }
 }
 
-/// A qualification's bit among 16 (FNV-1a of its name; fixed forever, snapshots keep it), 0 for
-/// other kinds. A provider's bits, OR-ed over what they hold, are a superset filter: an offer
-/// whose provider lacks a bit of a need's cannot serve it, without reading either record.
+/// FNV-1a over `bytes`: cheap, and fixed forever (snapshots keep what it computes).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A qualification's bit among 16 (by [`fnv1a`] of its name), 0 for other kinds. A
+/// provider's bits, OR-ed over what they hold, are a superset filter: an offer whose provider
+/// lacks a bit of a need's cannot serve it, without reading either record.
 pub fn qualification_bits(kind: &VerificationKind) -> u16 {
     match kind {
-        VerificationKind::Qualification(name) => {
-            let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
-            1 << (h % 16)
-        }
+        VerificationKind::Qualification(name) => 1 << (fnv1a(name.as_bytes()) % 16),
         _ => 0,
     }
 }

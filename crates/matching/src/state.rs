@@ -160,9 +160,7 @@ pub struct State {
 /// FNV-1a over an id's bytes: fixed forever (snapshots keep it), cheap, and only ever a hint
 /// (every hit is checked against the id).
 fn id_hash(id: &ProviderKey) -> u64 {
-    id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    rules::fnv1a(id.as_str().as_bytes())
 }
 
 fn provider_key(p: &Provider) -> ProviderKey {
