@@ -95,9 +95,9 @@ pub async fn run(
     let (stop_matcher, matcher_stopped) = oneshot::channel::<()>();
     let mut matcher_config = args.log.matcher_config(&nats_url);
     matcher_config.data_dir = Some(args.data_dir.join("matcher"));
-    let matcher = tokio::spawn(muster_matcher::run(matcher_config, async {
+    let matcher = muster_matcher::spawn(matcher_config, async {
         let _ = matcher_stopped.await;
-    }));
+    })?;
     let (nats_died_tx, nats_died) = oneshot::channel::<()>();
     let shutdown = async {
         tokio::select! {
@@ -116,10 +116,8 @@ pub async fn run(
         .await;
     intake.drain().await;
     let _ = stop_matcher.send(());
-    match matcher.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "matcher stopped with an error"),
-        Err(e) => tracing::error!(error = %e, "matcher task failed"),
+    if let Err(e) = matcher.join().await {
+        tracing::error!(error = %e, "matcher stopped with an error");
     }
     let _ = stop_projections.send(());
     match projections_task.await {

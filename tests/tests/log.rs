@@ -269,3 +269,84 @@ async fn a_durable_consumer_delivers_in_order_and_resumes_after_its_acks() {
     let d = resumed.next().await.expect("open").expect("delivered");
     assert_eq!(d.seq, 4, "resumes after the last acknowledged message");
 }
+
+/// Appends one message, retrying while the server is coming back.
+async fn append_retrying(appender: &Appender, m: Outgoing) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match appender.append(vec![m.clone()]).await {
+            Ok(a) => return a.first_seq,
+            Err(AppendError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("append {}: {e}", m.msg_id),
+        }
+    }
+}
+
+/// Reads from `consumer` until it delivers sequence `last`, returning every sequence delivered
+/// and how many errors it reported on the way.
+async fn read_through(consumer: &mut LogConsumer, last: u64) -> (Vec<u64>, usize) {
+    let mut seqs = Vec::new();
+    let mut errors = 0;
+    let read = async {
+        while seqs.last() != Some(&last) {
+            match consumer
+                .next()
+                .await
+                .expect("a tailing consumer never ends")
+            {
+                Ok(d) => seqs.push(d.seq),
+                Err(_) => errors += 1,
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("the consumer reached the last sequence");
+    (seqs, errors)
+}
+
+#[tokio::test]
+async fn a_tailing_consumer_reads_on_in_order_after_the_server_is_killed_and_restarted() {
+    let mut nats = Nats::start().await;
+    let (client, stream) = nats.log().await;
+    let (appender, _) = Appender::start(client, AppenderConfig::default());
+    let subject = |incident: &str, i: u32| format!("muster.ev.{incident}.p.need.t{i}");
+    // Two incidents interleaved; the consumer follows one of them, from its third event on.
+    for i in 0..10 {
+        for incident in ["a", "b"] {
+            let id = format!("{incident}{i}");
+            append_retrying(&appender, msg(&subject(incident, i), &id, Expect::Anything)).await;
+        }
+    }
+    let filter = vec!["muster.ev.a.>".to_string()];
+    let mut tail = LogConsumer::tail(&stream, filter, 5).await.expect("tail");
+    let (before, errors) = read_through(&mut tail, 19).await;
+    assert_eq!(before, vec![5, 7, 9, 11, 13, 15, 17, 19]);
+    assert_eq!(errors, 0);
+
+    // The server dies with the consumer's state (kept in memory) and comes back; the reader is
+    // waiting for more when it does.
+    nats.server.kill9().await.expect("kill -9");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    nats.server.restart().await.expect("restart");
+    let mut last = 0;
+    for i in 10..20 {
+        for incident in ["a", "b"] {
+            let id = format!("{incident}{i}");
+            let seq =
+                append_retrying(&appender, msg(&subject(incident, i), &id, Expect::Anything)).await;
+            if incident == "a" {
+                last = seq;
+            }
+        }
+    }
+    assert_eq!(last, 39, "nothing was lost by the kill, so sequences go on");
+    let (after, _errors) = read_through(&mut tail, last).await;
+    assert_eq!(
+        after,
+        (21..=39).step_by(2).collect::<Vec<_>>(),
+        "every later event of the incident, once, in order"
+    );
+}

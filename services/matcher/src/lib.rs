@@ -18,7 +18,7 @@ pub mod audit;
 pub mod service;
 pub mod snapshot;
 
-pub use service::{Config, run};
+pub use service::{Config, Running, run, spawn};
 
 /// Why the matcher (or an audit) stopped.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub enum MatcherError {
     Store(#[from] muster_store::StoreError),
     #[error("snapshot: {0}")]
     Snapshot(String),
+    #[error("matcher thread: {0}")]
+    Thread(String),
     #[error("appending round {through_seq} of {incident}: {source}")]
     Append {
         incident: String,

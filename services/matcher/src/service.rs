@@ -7,8 +7,9 @@
 //!
 //! The state lives in memory and is snapshotted to RocksDB (with the position it reflects) every
 //! `snapshot_every` events and at shutdown; a restart resumes from the snapshot's position + 1.
-//! The position is the snapshot's, so the consumer is an ordered one from there, not a durable
-//! one whose server-side position could disagree with the state saved next to it.
+//! The position is the snapshot's, so the consumer is a tailing one from there (ordered, pulling
+//! large batches), not a durable one whose server-side position could disagree with the state
+//! saved next to it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -135,6 +136,53 @@ pub async fn run(
     result
 }
 
+/// The matcher running on a thread of its own ([`spawn`]).
+#[derive(Debug)]
+pub struct Running {
+    done: tokio::sync::oneshot::Receiver<Result<(), MatcherError>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Waits for the matcher to stop (after its `shutdown` resolved, or on an error).
+    pub async fn join(self) -> Result<(), MatcherError> {
+        let result = self.done.await;
+        // The result is sent as the thread's last act: joining now does not block for long.
+        let joined = tokio::task::spawn_blocking(move || self.thread.join()).await;
+        match (result, joined) {
+            (Ok(result), Ok(Ok(()))) => result,
+            _ => Err(MatcherError::Thread("the matcher's thread panicked".into())),
+        }
+    }
+}
+
+/// Runs the matcher like [`run`], on an OS thread of its own with a single-threaded runtime.
+///
+/// In a process that also serves gRPC and folds projections (`muster up`), the matcher is then
+/// scheduled by the OS as a thread among threads rather than as one task among hundreds on a
+/// shared runtime: it reads the log as fast as its share of the CPU allows (on the shared
+/// runtime a surge's request tasks starved it to a few thousand events a second), and a round
+/// decided for seconds holds up none of the shared runtime's workers. Its NATS connection, its
+/// consumer and its appender live on its own runtime too.
+pub fn spawn(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, MatcherError> {
+    let (tx, done) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("muster-matcher".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| MatcherError::Thread(format!("starting its runtime: {e}")))
+                .and_then(|runtime| runtime.block_on(run(config, shutdown)));
+            let _ = tx.send(result);
+        })
+        .map_err(|e| MatcherError::Thread(format!("starting its thread: {e}")))?;
+    Ok(Running { done, thread })
+}
+
 async fn run_until(
     config: Config,
     cancel: &AtomicBool,
@@ -175,7 +223,7 @@ async fn run_until(
             "matcher resumed from its snapshot"
         );
     }
-    let mut consumer = LogConsumer::ordered(&stream, vec![subject::all()], folded + 1).await?;
+    let mut consumer = LogConsumer::tail(&stream, vec![subject::all()], folded + 1).await?;
     let mut set_aside = 0u64;
     let mut since_snapshot = 0u64;
     tracing::info!(from = folded + 1, history_ends, "matcher folding the log");
