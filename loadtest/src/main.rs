@@ -14,6 +14,11 @@
 use clap::{Parser, Subcommand};
 use muster_loadtest::{intake, matcher, projections, surge};
 
+/// The allocator `muster` runs with, so that the services this process hosts for a benchmark
+/// (intake, projections) measure as they run in `muster`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "muster-loadtest",
