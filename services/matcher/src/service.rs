@@ -120,20 +120,46 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MatcherError> {
-    let cancel = Arc::new(AtomicBool::new(false));
-    let (stopping, mut stop) = tokio::sync::watch::channel(false);
-    // A task of its own: rounds run on this one and do not poll anything while they do.
-    let watcher = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            cancel.store(true, Ordering::Relaxed);
-            let _ = stopping.send(true);
-        })
-    };
-    let result = run_until(config, &cancel, &mut stop).await;
-    watcher.abort();
+    let stopper = Stopper::watch(shutdown);
+    let mut stop = stopper.stop.clone();
+    let result = run_until(config, &stopper.cancel, &mut stop).await;
+    drop(stopper);
     result
+}
+
+/// Watches the shutdown future in a task of its own, on the runtime it is created on: rounds
+/// run on the matcher's task and poll nothing while they do, so the watcher must run elsewhere
+/// to give a long round up.
+struct Stopper {
+    cancel: Arc<AtomicBool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Stopper {
+    fn watch(shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (stopping, stop) = tokio::sync::watch::channel(false);
+        let watcher = {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                cancel.store(true, Ordering::Relaxed);
+                let _ = stopping.send(true);
+            })
+        };
+        Self {
+            cancel,
+            stop,
+            watcher,
+        }
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 /// The matcher running on a thread of its own ([`spawn`]).
@@ -157,6 +183,8 @@ impl Running {
 }
 
 /// Runs the matcher like [`run`], on an OS thread of its own with a single-threaded runtime.
+/// Call it from within a Tokio runtime: `shutdown` is watched there, so that a stop reaches a
+/// round that holds the matcher's own thread.
 ///
 /// In a process that also serves gRPC and folds projections (`muster up`), the matcher is then
 /// scheduled by the OS as a thread among threads rather than as one task among hundreds on a
@@ -168,15 +196,20 @@ pub fn spawn(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, MatcherError> {
+    let stopper = Stopper::watch(shutdown);
     let (tx, done) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("muster-matcher".into())
         .spawn(move || {
+            let mut stop = stopper.stop.clone();
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| MatcherError::Thread(format!("starting its runtime: {e}")))
-                .and_then(|runtime| runtime.block_on(run(config, shutdown)));
+                .and_then(|runtime| {
+                    runtime.block_on(run_until(config, &stopper.cancel, &mut stop))
+                });
+            drop(stopper);
             let _ = tx.send(result);
         })
         .map_err(|e| MatcherError::Thread(format!("starting its thread: {e}")))?;
