@@ -1,5 +1,6 @@
 //! The matcher resumes from its RocksDB snapshot and decides as if it had never stopped; an
-//! unreadable snapshot is rebuilt from the log.
+//! unreadable snapshot is rebuilt from the log; a stop gives up a round in progress and still
+//! snapshots what was folded.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -136,5 +137,76 @@ async fn an_unreadable_snapshot_is_rebuilt_from_the_log() {
             .expect("read")
             .is_some(),
         "a fresh snapshot replaced it"
+    );
+}
+
+/// Waits until the server has delivered the whole log to some consumer of it (the matcher's).
+async fn wait_until_delivered(stream: &async_nats::jetstream::stream::Stream, last: u64) {
+    use futures::TryStreamExt;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let consumers: Vec<_> = stream
+            .consumers()
+            .try_collect()
+            .await
+            .expect("list consumers");
+        if consumers
+            .iter()
+            .any(|c| c.delivered.stream_sequence >= last)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the log was never delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stop_gives_up_a_round_in_progress_on_the_matchers_own_thread() {
+    // Everyone at one point: every need's candidates are every offer, a round that takes
+    // minutes in a debug build.
+    const N: usize = 3_000;
+    let (nats, _intake, mut c) = setup().await;
+    for from in (0..N).step_by(1_000) {
+        bulk(&mut c, &format!("offers-{from}"), offers(from, 1_000)).await;
+        bulk(&mut c, &format!("needs-{from}"), needs(from, 1_000)).await;
+    }
+    let (_, stream) = nats.log().await;
+    let last = muster_tests::last_seq(&stream).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = muster_matcher::Config::new(nats.url());
+    config.data_dir = Some(dir.path().to_path_buf());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let matcher = muster_matcher::spawn(config, async {
+        let _ = stopped.await;
+    })
+    .expect("spawn");
+    // Once it has the whole log it cuts its first round, on its own thread.
+    wait_until_delivered(&stream, last).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        muster_tests::last_seq(&stream).await,
+        last,
+        "the round is still being decided {:?} after the start",
+        started.elapsed()
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), matcher.join())
+        .await
+        .expect("a stop gives the round up rather than waiting for it")
+        .expect("stopped cleanly");
+    assert_eq!(
+        muster_tests::last_seq(&stream).await,
+        last,
+        "nothing of the round given up was appended"
+    );
+    assert_eq!(
+        muster_matcher::snapshot::position(dir.path())
+            .await
+            .expect("snapshot")
+            .expect("a snapshot"),
+        last,
+        "the clean stop snapshotted everything folded"
     );
 }
