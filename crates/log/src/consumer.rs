@@ -27,6 +27,16 @@ pub struct Delivered {
 }
 
 impl Delivered {
+    fn new(seq: u64, pending: u64, message: jetstream::Message) -> Self {
+        Self {
+            seq,
+            pending,
+            subject: message.subject.to_string(),
+            envelope: Envelope::decode(&message.payload),
+            message,
+        }
+    }
+
     /// Acknowledges the message (durable consumers): call only once its effects are durably
     /// stored.
     pub async fn ack(self) -> Result<(), async_nats::Error> {
@@ -335,27 +345,39 @@ impl LogConsumer {
         })
     }
 
-    /// The next message, in stream order. `None` when the consumer is closed.
+    /// The next message, in stream order. `None` when the consumer is closed (a tailing
+    /// consumer never is).
     ///
     /// Cancel-safe for a tailing consumer: a call dropped while it waits loses nothing.
     pub async fn next(&mut self) -> Option<Result<Delivered, ConsumerError>> {
-        let message = loop {
-            if let Some(tail) = &mut self.tail
-                && let Some(reason) = tail.broken.clone()
-            {
+        if self.tail.is_some() {
+            return Some(self.next_tailed().await);
+        }
+        let message = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(ConsumerError::Read(e))),
+        };
+        let (seq, pending) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.pending),
+            Err(e) => return Some(Err(ConsumerError::Read(e.to_string()))),
+        };
+        Some(Ok(Delivered::new(seq, pending, message)))
+    }
+
+    /// [`LogConsumer::next`] of a tailing consumer: starts its server-side consumer again after
+    /// the last message delivered when it is broken, and breaks it on an error, an end, or a
+    /// delivery that skips one.
+    async fn next_tailed(&mut self) -> Result<Delivered, ConsumerError> {
+        let Self { messages, tail } = self;
+        let tail = tail.as_mut().expect("called for a tailing consumer");
+        loop {
+            if let Some(reason) = tail.broken.clone() {
                 let from = tail.next_seq();
                 tracing::debug!(from, %reason, "tailing consumer starting again");
-                match ephemeral(
-                    &tail.stream,
-                    tail.filters.clone(),
-                    from,
-                    TAIL_BATCH,
-                    TAIL_HEARTBEAT,
-                )
-                .await
-                {
-                    Ok(messages) => {
-                        self.messages = messages;
+                let filters = tail.filters.clone();
+                match ephemeral(&tail.stream, filters, from, TAIL_BATCH, TAIL_HEARTBEAT).await {
+                    Ok(restarted) => {
+                        *messages = restarted;
                         tail.delivered = 0;
                         tail.broken = None;
                         tail.backoff = TAIL_BACKOFF;
@@ -363,55 +385,37 @@ impl LogConsumer {
                     Err(e) => {
                         tokio::time::sleep(tail.backoff).await;
                         tail.backoff = (tail.backoff * 2).min(TAIL_BACKOFF_MAX);
-                        return Some(Err(ConsumerError::Read(format!(
+                        return Err(ConsumerError::Read(format!(
                             "starting again from sequence {from} after \"{reason}\": {e}"
-                        ))));
+                        )));
                     }
                 }
             }
-            let next = self.messages.next().await;
-            let Some(tail) = &mut self.tail else {
-                match next? {
-                    Ok(m) => break m,
-                    Err(e) => return Some(Err(ConsumerError::Read(e))),
-                }
-            };
-            let m = match next {
+            let message = match messages.next().await {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tail.broken = Some(e.clone());
-                    return Some(Err(ConsumerError::Read(e)));
+                    return Err(ConsumerError::Read(e));
                 }
                 None => {
                     tail.broken = Some("the consumer ended".into());
                     continue;
                 }
             };
-            match m.info() {
-                Ok(info) if info.consumer_sequence == tail.delivered + 1 => {
-                    tail.delivered = info.consumer_sequence;
-                    tail.last_seq = info.stream_sequence;
-                    break m;
-                }
-                Ok(info) => {
-                    tail.broken = Some(format!(
-                        "delivery {} after {}: a message went missing in flight",
-                        info.consumer_sequence, tail.delivered
-                    ));
-                }
-                Err(e) => return Some(Err(ConsumerError::Read(e.to_string()))),
+            let info = message
+                .info()
+                .map_err(|e| ConsumerError::Read(e.to_string()))?;
+            if info.consumer_sequence != tail.delivered + 1 {
+                tail.broken = Some(format!(
+                    "delivery {} after {}: a message went missing in flight",
+                    info.consumer_sequence, tail.delivered
+                ));
+                continue;
             }
-        };
-        let (seq, pending) = match message.info() {
-            Ok(info) => (info.stream_sequence, info.pending),
-            Err(e) => return Some(Err(ConsumerError::Read(e.to_string()))),
-        };
-        Some(Ok(Delivered {
-            seq,
-            pending,
-            subject: message.subject.to_string(),
-            envelope: Envelope::decode(&message.payload),
-            message,
-        }))
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            tail.delivered = info.consumer_sequence;
+            tail.last_seq = seq;
+            return Ok(Delivered::new(seq, pending, message));
+        }
     }
 }

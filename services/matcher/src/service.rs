@@ -120,11 +120,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MatcherError> {
-    let stopper = Stopper::watch(shutdown);
-    let mut stop = stopper.stop.clone();
-    let result = run_until(config, &stopper.cancel, &mut stop).await;
-    drop(stopper);
-    result
+    let mut stopper = Stopper::watch(shutdown);
+    run_until(config, &stopper.cancel, &mut stopper.stop).await
 }
 
 /// Watches the shutdown future in a task of its own, on the runtime it is created on: rounds
@@ -196,18 +193,17 @@ pub fn spawn(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<Running, MatcherError> {
-    let stopper = Stopper::watch(shutdown);
+    let mut stopper = Stopper::watch(shutdown);
     let (tx, done) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("muster-matcher".into())
         .spawn(move || {
-            let mut stop = stopper.stop.clone();
             let result = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| MatcherError::Thread(format!("starting its runtime: {e}")))
                 .and_then(|runtime| {
-                    runtime.block_on(run_until(config, &stopper.cancel, &mut stop))
+                    runtime.block_on(run_until(config, &stopper.cancel, &mut stopper.stop))
                 });
             drop(stopper);
             let _ = tx.send(result);
