@@ -4,7 +4,8 @@
 //!   the figure is (b)/(a) (target ≥ 0.6);
 //! - (c) query latency: the live projections serve get-need and a 100-item page of open needs
 //!   to many concurrent readers while intake ingests needs at a steady rate (target: get-need
-//!   p99 ≤ 5 ms).
+//!   p99 ≤ 5 ms). Closed loop by default (each reader asks again once answered); `--rate` makes
+//!   it open loop (queries due on a schedule, latency counted from when each was due).
 //!
 //! The log is the pandemic surge's input (needs, offers, verifications and offer updates, the
 //! events intake writes), appended in atomic batches before the clock starts.
@@ -27,6 +28,12 @@ pub struct Args {
     /// (c): concurrent readers.
     #[arg(long, default_value_t = 64)]
     readers: usize,
+    /// (c): queries per second offered by all readers together, each reader on a fixed
+    /// schedule with latency counted from the time a query was due (so a reader that falls
+    /// behind counts its wait). 0: closed loop, each reader asks again as soon as answered
+    /// (the readers then saturate the machine and measure its throughput as much as latency).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// (c): HTTP/2 connections the readers share.
     #[arg(long, default_value_t = 1)]
     connections: usize,
@@ -60,6 +67,38 @@ fn envelope(seq: u64, at: i64, event: Event) -> Envelope {
             AgencyId::parse("a", AGENCY).expect("valid"),
             event,
         )
+    }
+}
+
+/// When a reader's next query is due: now (closed loop), or on a fixed schedule (open loop).
+struct Due {
+    next: Option<(tokio::time::Instant, Duration)>,
+}
+
+impl Due {
+    /// Reader `r` of `readers` sharing `rate` queries per second (0: closed loop), staggered
+    /// so that the readers' queries do not all fall due at once.
+    fn new(rate: u64, readers: usize, r: usize) -> Self {
+        let next = (rate > 0).then(|| {
+            let every = Duration::from_secs_f64(readers as f64 / rate as f64);
+            let first = tokio::time::Instant::now() + every.mul_f64(r as f64 / readers as f64);
+            (first, every)
+        });
+        Self { next }
+    }
+
+    /// Waits until the next query is due and returns when it was due: latency is counted from
+    /// then, so time spent behind schedule counts.
+    async fn next(&mut self) -> Instant {
+        match &mut self.next {
+            None => Instant::now(),
+            Some((due, every)) => {
+                tokio::time::sleep_until(*due).await;
+                let t = due.into_std();
+                *due += *every;
+                t
+            }
+        }
     }
 }
 
@@ -357,17 +396,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let measure_from = Instant::now();
     let mut readers = Vec::new();
-    for r in 0..args.readers {
+    let (readers_n, rate) = (args.readers.max(1), args.rate);
+    for r in 0..readers_n {
         let stop = Arc::clone(&stop);
         let need_ids = Arc::clone(&need_ids);
         let mut q = pb::query_client::QueryClient::new(channels[r % channels.len()].clone());
+        let mut due = Due::new(rate, readers_n, r);
         readers.push(tokio::spawn(async move {
             let mut get = Histogram::<u64>::new(3).expect("histogram");
             let mut page = Histogram::<u64>::new(3).expect("histogram");
             let mut i = r * 7919;
             while !stop.load(Ordering::Relaxed) {
                 i = (i + 104_729) % need_ids.len().max(1);
-                let t = Instant::now();
+                let t = due.next().await;
                 q.get_need(pb::GetEntityRequest {
                     id: need_ids[i].clone(),
                     ..Default::default()
@@ -375,7 +416,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .await?;
                 let _ = get.record(t.elapsed().as_micros() as u64);
                 if i % 4 == 0 {
-                    let t = Instant::now();
+                    let t = due.next().await;
                     q.list_needs(pb::ListNeedsRequest {
                         incident: INCIDENT.into(),
                         page_size: 100,
@@ -400,22 +441,29 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     writer.await??;
     let ingest_rate = ingested.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+    let offered = if args.rate > 0 {
+        format!("open loop, {} queries/s offered", args.rate)
+    } else {
+        "closed loop".to_string()
+    };
     println!(
-        "(c) {} readers over {} connections for {:.0}s while intake ingested {ingest_rate:.0} needs/s:",
+        "(c) {} readers ({offered}) over {} connections for {:.0}s while intake ingested {ingest_rate:.0} needs/s:",
         args.readers,
         args.connections.max(1),
         elapsed.as_secs_f64()
     );
     println!(
-        "    get-need: {} queries ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms (target p99 <= 5 ms: {})",
+        "    get-need: {} queries ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms ({})",
         get.len(),
         get.len() as f64 / elapsed.as_secs_f64(),
         q(&get, 0.5),
         q(&get, 0.99),
-        if q(&get, 0.99) <= 5.0 {
-            "met"
-        } else {
-            "MISSED"
+        match (args.rate, q(&get, 0.99) <= 5.0) {
+            (0, true) => "target p99 <= 5 ms: met",
+            (0, false) => "target p99 <= 5 ms: MISSED",
+            // The target is judged on the closed loop: an open loop's figure depends on the
+            // load chosen.
+            _ => "open loop: the target is judged closed loop",
         }
     );
     println!(
