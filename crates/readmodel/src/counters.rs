@@ -5,9 +5,11 @@
 //! `assignment.{status}`, `providers.available`, `providers.never_offered`, `rounds`,
 //! `ttm.{urgency}.{bucket}` and `log_time` (the latest log time seen, in microseconds).
 
+use muster_schema::IncidentId;
 use muster_schema::values::Category;
 
-use crate::records::{NeedEntry, NeedStatus};
+use crate::keys;
+use crate::records::{AssignmentStatus, NeedEntry, NeedStatus};
 
 pub const LOG_TIME: &str = "log_time";
 pub const UNMET_SAFEGUARDED: &str = "need.unmet_safeguarded";
@@ -28,15 +30,49 @@ pub fn category_name(c: Category) -> &'static str {
     }
 }
 
-/// The counters a need in `status` with these attributes contributes 1 to.
-pub fn need_counters(status: NeedStatus, e: &NeedEntry) -> [String; 4] {
-    let s = status.name();
+/// The keys of the counters a need in `status` with these attributes contributes 1 to:
+/// `need.{status}`, and that with `.category.{c}`, `.partition.{p}` and `.urgency.{u}`. Built
+/// straight into keys: the fold takes a need out of and back into its counters at every change.
+pub fn need_counter_keys(incident: &IncidentId, status: NeedStatus, e: &NeedEntry) -> [Vec<u8>; 4] {
+    let mut base = keys::counters_prefix(incident);
+    base.extend_from_slice(b"need.");
+    base.extend_from_slice(status.name().as_bytes());
+    let with = |parts: &[&[u8]]| {
+        let mut k = Vec::with_capacity(base.len() + 32);
+        k.extend_from_slice(&base);
+        for p in parts {
+            k.extend_from_slice(p);
+        }
+        k
+    };
+    let mut digits = [0u8; 10];
     [
-        format!("need.{s}"),
-        format!("need.{s}.category.{}", category_name(e.category)),
-        format!("need.{s}.partition.{}", e.partition),
-        format!("need.{s}.urgency.{}", e.urgency),
+        with(&[]),
+        with(&[b".category.", category_name(e.category).as_bytes()]),
+        with(&[b".partition.", e.partition.as_str().as_bytes()]),
+        with(&[b".urgency.", decimal(u32::from(e.urgency), &mut digits)]),
     ]
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// The key of the counter of assignments in `status`: `assignment.{status}`.
+pub fn assignment_counter_key(incident: &IncidentId, status: AssignmentStatus) -> Vec<u8> {
+    let mut k = keys::counters_prefix(incident);
+    k.extend_from_slice(b"assignment.");
+    k.extend_from_slice(status.name().as_bytes());
+    k
 }
 
 /// Histogram bucket of a duration in milliseconds: exact below 8, then 8 buckets per power of
@@ -87,6 +123,38 @@ pub fn percentile_ms(hist: &[(u32, u64)], p: u64) -> Option<u64> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn counter_keys_are_the_incident_then_the_dotted_name() {
+        let incident = IncidentId::parse("i", "york").expect("valid");
+        let e = NeedEntry {
+            partition: muster_schema::PartitionCode::parse("p", "E07000164").expect("valid"),
+            category: Category::CareVisit,
+            urgency: 12,
+            status: NeedStatus::Open,
+            reported_at: muster_schema::Timestamp(0),
+        };
+        let keys: Vec<String> = need_counter_keys(&incident, NeedStatus::Proposed, &e)
+            .iter()
+            .map(|k| String::from_utf8(k.clone()).expect("text"))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "york\0need.proposed",
+                "york\0need.proposed.category.care_visit",
+                "york\0need.proposed.partition.E07000164",
+                "york\0need.proposed.urgency.12",
+            ]
+        );
+        let mut digits = [0u8; 10];
+        assert_eq!(decimal(0, &mut digits), b"0");
+        assert_eq!(decimal(u32::MAX, &mut digits), b"4294967295");
+        assert_eq!(
+            assignment_counter_key(&incident, AssignmentStatus::Accepted),
+            b"york\0assignment.accepted"
+        );
+    }
 
     #[test]
     fn small_durations_are_exact_and_buckets_are_ordered() {

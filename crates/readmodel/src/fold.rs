@@ -11,7 +11,7 @@ use muster_schema::ids::EntityKind;
 use muster_schema::values::{Provider, Response, Timestamp};
 use muster_schema::{DecodeError, EntityId, Envelope, Event, IncidentId, PersonId};
 
-use crate::counters::{self, need_counters};
+use crate::counters::{self, assignment_counter_key, need_counter_keys};
 use crate::keys::{self, Cf, HistoryOf};
 use crate::records::{
     AssignmentRecord, AssignmentStatus, ChangeRecord, HistoryEntry, IncidentRecord, NeedEntry,
@@ -289,8 +289,8 @@ fn need_out<R: Read + ?Sized>(
             )?;
         }
     }
-    for c in need_counters(n.status, &e) {
-        tx.add(Cf::Counters, keys::counter_key(&n.incident, &c), -1)?;
+    for key in need_counter_keys(&n.incident, n.status, &e) {
+        tx.add(Cf::Counters, key, -1)?;
     }
     Ok(())
 }
@@ -316,8 +316,8 @@ fn need_in<R: Read + ?Sized>(
             )?;
         }
     }
-    for c in need_counters(n.status, &e) {
-        tx.add(Cf::Counters, keys::counter_key(&n.incident, &c), 1)?;
+    for key in need_counter_keys(&n.incident, n.status, &e) {
+        tx.add(Cf::Counters, key, 1)?;
     }
     tx.put_rec(
         Cf::Index,
@@ -597,17 +597,9 @@ fn assignment_status_moved<R: Read + ?Sized>(
     to: AssignmentStatus,
 ) -> Result<(), Corrupt> {
     if let Some(from) = from {
-        tx.add(
-            Cf::Counters,
-            keys::counter_key(incident, &format!("assignment.{}", from.name())),
-            -1,
-        )?;
+        tx.add(Cf::Counters, assignment_counter_key(incident, from), -1)?;
     }
-    tx.add(
-        Cf::Counters,
-        keys::counter_key(incident, &format!("assignment.{}", to.name())),
-        1,
-    )
+    tx.add(Cf::Counters, assignment_counter_key(incident, to), 1)
 }
 
 fn proposed<R: Read + ?Sized>(

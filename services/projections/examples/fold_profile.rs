@@ -8,6 +8,10 @@ use muster_projections::follow::{Commit, Item, fold_batch};
 use muster_schema::events::*;
 use muster_schema::*;
 
+/// The allocator `muster` runs with, so the profile shows the fold as it runs there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: u64 = std::env::args()
         .nth(1)
