@@ -171,7 +171,9 @@ impl Skill {
         let mut out: Vec<Skill> = items
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| vs.check(Skill::parse(&format!("{field}[{i}]"), s)))
+            .filter_map(|(i, s)| {
+                vs.check(Skill::parse("", s).map_err(|v| v.under(&format!("{field}[{i}]"))))
+            })
             .collect();
         out.sort();
         out.dedup();

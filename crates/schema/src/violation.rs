@@ -53,6 +53,12 @@ impl Violations {
         Self::default()
     }
 
+    /// Every violation with its field put under `prefix` (see [`Violation::under`]): checks
+    /// name fields relative to what they check, and callers prefix them only when one fails.
+    pub fn under(self, prefix: &str) -> Self {
+        Self(self.0.into_iter().map(|v| v.under(prefix)).collect())
+    }
+
     pub fn push(&mut self, v: Violation) {
         self.0.push(v);
     }

@@ -16,14 +16,6 @@ pub const MAX_RADIUS_M: u32 = 500_000;
 pub const MAX_WINDOWS: usize = 64;
 pub const MAX_NAME: usize = 256;
 
-fn path(prefix: &str, field: &str) -> String {
-    if prefix.is_empty() {
-        field.to_string()
-    } else {
-        format!("{prefix}.{field}")
-    }
-}
-
 fn required<T>(field: &str, v: Option<T>) -> Result<T, Violation> {
     v.ok_or_else(|| Violation::new(field, "is required"))
 }
@@ -52,7 +44,9 @@ pub fn categories(field: &str, vs: &[i32], min: usize) -> Result<Vec<Category>, 
     let mut cats: Vec<Category> = vs
         .iter()
         .enumerate()
-        .filter_map(|(i, v)| out.check(category(&format!("{field}[{i}]"), *v)))
+        .filter_map(|(i, v)| {
+            out.check(category("", *v).map_err(|e| e.under(&format!("{field}[{i}]"))))
+        })
         .collect();
     if vs.len() < min {
         out.push(Violation::new(field, format!("must list at least {min}")));
@@ -81,19 +75,17 @@ pub fn timestamp(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Time
 pub fn window(field: &str, w: Option<&pb::TimeWindow>) -> Result<TimeWindow, Violations> {
     let w = required(field, w)?;
     let mut vs = Violations::new();
-    let start = vs.check(timestamp(&path(field, "start"), w.start.as_ref()));
-    let end = vs.check(timestamp(&path(field, "end"), w.end.as_ref()));
+    let start = vs.check(timestamp("start", w.start.as_ref()));
+    let end = vs.check(timestamp("end", w.end.as_ref()));
     let (Some(start), Some(end)) = (start, end) else {
-        return Err(vs);
+        return Err(vs.under(field));
     };
-    TimeWindow::new(start.0, end.0)
-        .map_err(|e| Violations(e.0.into_iter().map(|v| v.under(field)).collect()))
+    TimeWindow::new(start.0, end.0).map_err(|e| e.under(field))
 }
 
 pub fn location(field: &str, l: Option<&pb::Location>) -> Result<GeoPoint, Violations> {
     let l = required(field, l)?;
-    GeoPoint::from_degrees(l.lat, l.lon)
-        .map_err(|e| Violations(e.0.into_iter().map(|v| v.under(field)).collect()))
+    GeoPoint::from_degrees(l.lat, l.lon).map_err(|e| e.under(field))
 }
 
 fn bounded(field: &str, v: u32, lo: u32, hi: u32) -> Result<u32, Violation> {
@@ -143,27 +135,24 @@ pub fn verification_kind(
     }
 }
 
+/// A need's spec. Its checks name fields relative to the spec; `field` is put in front of
+/// them only when one fails, so a valid spec (nearly every one of a bulk import) formats none.
 pub fn need_spec(field: &str, n: Option<&pb::NeedSpec>) -> Result<NeedSpecV1, Violations> {
     let n = required(field, n)?;
+    need_spec_fields(n).map_err(|vs| vs.under(field))
+}
+
+fn need_spec_fields(n: &pb::NeedSpec) -> Result<NeedSpecV1, Violations> {
     let mut vs = Violations::new();
-    let category = vs.check(category(&path(field, "category"), n.category));
-    let urgency = vs.check(Urgency::new(&path(field, "urgency"), n.urgency));
-    let party = vs.check(bounded(
-        &path(field, "party_size"),
-        n.party_size,
-        1,
-        MAX_PARTY,
-    ));
-    let window = vs.check_all("", window(&path(field, "window"), n.window.as_ref()));
-    let location = vs.check_all("", location(&path(field, "location"), n.location.as_ref()));
-    let skills = vs.check_all(
-        "",
-        Skill::parse_set(&path(field, "required_skills"), &n.required_skills),
-    );
-    let rv_field = path(field, "required_verifications");
+    let category = vs.check(category("category", n.category));
+    let urgency = vs.check(Urgency::new("urgency", n.urgency));
+    let party = vs.check(bounded("party_size", n.party_size, 1, MAX_PARTY));
+    let window = vs.check_all("", window("window", n.window.as_ref()));
+    let location = vs.check_all("", location("location", n.location.as_ref()));
+    let skills = vs.check_all("", Skill::parse_set("required_skills", &n.required_skills));
     if n.required_verifications.len() > 8 {
         vs.push(Violation::new(
-            &rv_field,
+            "required_verifications",
             "must list at most 8 verifications",
         ));
     }
@@ -172,11 +161,10 @@ pub fn need_spec(field: &str, n: Option<&pb::NeedSpec>) -> Result<NeedSpecV1, Vi
         .iter()
         .enumerate()
         .filter_map(|(i, r)| {
-            vs.check(verification_kind(
-                &format!("{rv_field}[{i}].kind"),
-                r.kind,
-                &r.qualification,
-            ))
+            vs.check(
+                verification_kind("kind", r.kind, &r.qualification)
+                    .map_err(|v| v.under(&format!("required_verifications[{i}]"))),
+            )
         })
         .collect();
     verifications.sort();
@@ -198,31 +186,33 @@ pub fn need_spec(field: &str, n: Option<&pb::NeedSpec>) -> Result<NeedSpecV1, Vi
     })
 }
 
+/// An offer's spec; fields are named as in [`need_spec`].
 pub fn offer_spec(field: &str, o: Option<&pb::OfferSpec>) -> Result<OfferSpecV1, Violations> {
     let o = required(field, o)?;
+    offer_spec_fields(o).map_err(|vs| vs.under(field))
+}
+
+fn offer_spec_fields(o: &pb::OfferSpec) -> Result<OfferSpecV1, Violations> {
     let mut vs = Violations::new();
-    let kinds = vs.check_all("", categories(&path(field, "kinds"), &o.kinds, 1));
-    let skills = vs.check_all("", Skill::parse_set(&path(field, "skills"), &o.skills));
-    let capacity = vs.check(bounded(
-        &path(field, "capacity"),
-        o.capacity,
-        1,
-        MAX_CAPACITY,
-    ));
-    let location = vs.check_all("", location(&path(field, "location"), o.location.as_ref()));
+    let kinds = vs.check_all("", categories("kinds", &o.kinds, 1));
+    let skills = vs.check_all("", Skill::parse_set("skills", &o.skills));
+    let capacity = vs.check(bounded("capacity", o.capacity, 1, MAX_CAPACITY));
+    let location = vs.check_all("", location("location", o.location.as_ref()));
     let radius = vs.check(bounded(
-        &path(field, "travel_radius_m"),
+        "travel_radius_m",
         o.travel_radius_m,
         1,
         MAX_RADIUS_M,
     ));
-    let av_field = path(field, "availability");
     if o.availability.is_empty() {
-        vs.push(Violation::new(&av_field, "must list at least one window"));
+        vs.push(Violation::new(
+            "availability",
+            "must list at least one window",
+        ));
     }
     if o.availability.len() > MAX_WINDOWS {
         vs.push(Violation::new(
-            &av_field,
+            "availability",
             format!("must list at most {MAX_WINDOWS} windows"),
         ));
     }
@@ -230,7 +220,12 @@ pub fn offer_spec(field: &str, o: Option<&pb::OfferSpec>) -> Result<OfferSpecV1,
         .availability
         .iter()
         .enumerate()
-        .filter_map(|(i, w)| vs.check_all("", window(&format!("{av_field}[{i}]"), Some(w))))
+        .filter_map(|(i, w)| {
+            vs.check_all(
+                "",
+                window("", Some(w)).map_err(|e| e.under(&format!("availability[{i}]"))),
+            )
+        })
         .collect();
     availability.sort();
     availability.dedup();
@@ -303,6 +298,15 @@ pub fn name(field: &str, s: &str) -> Result<String, Violation> {
 mod tests {
     use super::*;
 
+    /// The fields an invalid spec's violations name, in order.
+    fn fields_of<T: std::fmt::Debug>(r: Result<T, Violations>) -> Vec<String> {
+        r.expect_err("invalid")
+            .0
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
     fn ts(s: i64) -> Option<prost_types::Timestamp> {
         Some(prost_types::Timestamp {
             seconds: s,
@@ -358,12 +362,7 @@ mod tests {
         });
         n.required_skills = vec!["Bad Skill".into()];
         n.required_verifications[0].qualification = "first-aid".into();
-        let fields: Vec<String> = need_spec("need", Some(&n))
-            .expect_err("invalid")
-            .0
-            .into_iter()
-            .map(|v| v.field)
-            .collect();
+        let fields = fields_of(need_spec("need", Some(&n)));
         assert_eq!(
             fields,
             [
@@ -393,15 +392,50 @@ mod tests {
             travel_radius_m: 5_000,
             availability: vec![],
         };
-        let fields: Vec<String> = offer_spec("offer", Some(&o))
-            .expect_err("invalid")
-            .0
-            .into_iter()
-            .map(|v| v.field)
-            .collect();
+        let fields = fields_of(offer_spec("offer", Some(&o)));
         assert_eq!(
             fields,
             ["offer.kinds", "offer.capacity", "offer.availability"]
+        );
+    }
+
+    #[test]
+    fn items_of_lists_are_named_with_their_index() {
+        let good = pb::TimeWindow {
+            start: ts(1_700_000_000),
+            end: ts(1_800_000_000),
+        };
+        let o = pb::OfferSpec {
+            kinds: vec![pb::Category::Food as i32, 0],
+            skills: vec!["ok".into(), "Not OK".into()],
+            capacity: 1,
+            location: Some(pb::Location { lat: 1.0, lon: 1.0 }),
+            travel_radius_m: 5_000,
+            availability: vec![
+                good,
+                pb::TimeWindow {
+                    start: None,
+                    end: ts(1_800_000_000),
+                },
+            ],
+        };
+        let fields = fields_of(offer_spec("offer", Some(&o)));
+        assert_eq!(
+            fields,
+            [
+                "offer.kinds[1]",
+                "offer.skills[1]",
+                "offer.availability[1].start"
+            ]
+        );
+        let mut n = good_need();
+        n.required_verifications.push(pb::VerificationRequirement {
+            kind: 0,
+            qualification: String::new(),
+        });
+        assert_eq!(
+            fields_of(need_spec("need", Some(&n))),
+            ["need.required_verifications[1].kind"]
         );
     }
 
