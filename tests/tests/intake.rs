@@ -831,3 +831,48 @@ async fn health_and_reflection_are_served() {
         "{names:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_an_expired_incident_read_it_from_the_log_once() {
+    use muster_intake::directory::Directory;
+    use muster_schema::IncidentId;
+
+    let nats = Nats::start().await;
+    let intake = Intake::start(&nats.url()).await;
+    intake
+        .client()
+        .await
+        .declare_incident(req(declare("declare")))
+        .await
+        .expect("declared");
+    let (_client, stream) = nats.log().await;
+    let ttl = Duration::from_secs(1);
+    let directory = std::sync::Arc::new(Directory::new(muster_log::LogReader::new(stream), ttl));
+    let incident = IncidentId::parse("incident", INCIDENT).expect("valid");
+    // As a bulk request's items do: many resolves at once, on a cold (then an expired) cache.
+    let all_at_once = |id: IncidentId| {
+        let tasks: Vec<_> = (0..200)
+            .map(|_| {
+                let (d, id) = (std::sync::Arc::clone(&directory), id.clone());
+                tokio::spawn(async move { d.get(&id).await })
+            })
+            .collect();
+        futures::future::join_all(tasks)
+    };
+    for r in all_at_once(incident.clone()).await {
+        let state = r.expect("task").expect("read").expect("declared");
+        assert_eq!(state.declared.name, "York floods");
+    }
+    assert_eq!(directory.loads(), 1, "200 concurrent gets on a cold cache");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    for r in all_at_once(incident).await {
+        assert!(r.expect("task").expect("read").is_some());
+    }
+    assert_eq!(directory.loads(), 2, "the expired entry is read once again");
+    // An undeclared incident is not cached: each asks the log, one at a time.
+    let unknown = IncidentId::parse("incident", "never-declared").expect("valid");
+    for r in all_at_once(unknown).await {
+        assert!(r.expect("task").expect("read").is_none());
+    }
+    intake.shutdown().await.expect("clean shutdown");
+}

@@ -4,9 +4,11 @@
 //! handful of times in its life; needs arrive thousands of times a second). Intake's own writes
 //! to an incident invalidate its entry at once; another intake instance's are seen within the
 //! cache's time to live. Only positive answers are cached, so an incident is usable as soon as its
-//! declaration is acknowledged.
+//! declaration is acknowledged. Loads are one at a time: when an entry expires under a bulk
+//! request, its thousand items wait for one read of the log instead of making a thousand.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +35,10 @@ pub struct Directory {
     reader: LogReader,
     ttl: Duration,
     cache: Mutex<HashMap<IncidentId, (Instant, Arc<IncidentState>)>>,
+    /// Held while an incident is read from the log (one read at a time).
+    loading: tokio::sync::Mutex<()>,
+    /// Incidents read from the log so far.
+    loads: AtomicU64,
 }
 
 impl Directory {
@@ -41,17 +47,33 @@ impl Directory {
             reader,
             ttl,
             cache: Mutex::new(HashMap::new()),
+            loading: tokio::sync::Mutex::new(()),
+            loads: AtomicU64::new(0),
         }
+    }
+
+    /// How many times an incident has been read from the log.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    fn cached(&self, id: &IncidentId) -> Option<Arc<IncidentState>> {
+        let cache = self.cache.lock().ok()?;
+        let (at, state) = cache.get(id)?;
+        (at.elapsed() < self.ttl).then(|| state.clone())
     }
 
     /// The incident's state, or `None` if it was never declared.
     pub async fn get(&self, id: &IncidentId) -> Result<Option<Arc<IncidentState>>, IntakeError> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, state)) = cache.get(id)
-            && at.elapsed() < self.ttl
-        {
-            return Ok(Some(state.clone()));
+        if let Some(state) = self.cached(id) {
+            return Ok(Some(state));
         }
+        let _loading = self.loading.lock().await;
+        // Whoever held the lock before may have just loaded it.
+        if let Some(state) = self.cached(id) {
+            return Ok(Some(state));
+        }
+        self.loads.fetch_add(1, Ordering::Relaxed);
         let Some(state) = self.load(id).await? else {
             return Ok(None);
         };
