@@ -876,3 +876,40 @@ async fn concurrent_requests_for_an_expired_incident_read_it_from_the_log_once()
     }
     intake.shutdown().await.expect("clean shutdown");
 }
+
+#[tokio::test]
+async fn a_bulk_request_naming_one_entity_twice_is_refused_and_stores_nothing() {
+    let (nats, _intake, mut c) = setup().await;
+    let mut bulk = bulk_of("twice", 10);
+    let reference = |item: &mut pb::BulkItem, partition: Option<&str>| match &mut item.command {
+        Some(pb::bulk_item::Command::ReportNeed(r)) => {
+            r.reference = "dup".into();
+            if let Some(p) = partition {
+                r.partition = p.into();
+            }
+        }
+        Some(pb::bulk_item::Command::RegisterOffer(o)) => o.reference = "dup".into(),
+        _ => unreachable!("bulk_of makes needs and offers"),
+    };
+    reference(&mut bulk.items[2], None);
+    // An offer under the same reference is another entity: allowed.
+    reference(&mut bulk.items[3], None);
+    // The same need again, even in another partition: refused.
+    reference(&mut bulk.items[8], Some("E08000035"));
+    let err = c.submit_bulk(req(bulk)).await.expect_err("one need twice");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let details = err.get_details_bad_request().expect("field violations");
+    let fields: Vec<(&str, &str)> = details
+        .field_violations
+        .iter()
+        .map(|v| (v.field.as_str(), v.description.as_str()))
+        .collect();
+    assert_eq!(
+        fields,
+        [(
+            "items[8].command",
+            "targets the same entity as items[2]: one command per entity per bulk request"
+        )]
+    );
+    assert_eq!(log_of(&nats).await.len(), 1, "only the declaration");
+}

@@ -76,6 +76,17 @@ impl Draft {
         }
     }
 
+    /// The entity this draft writes to (`None`: its incident itself). Within one incident, two
+    /// drafts with the same entity write the same subject; comparing this builds no subject.
+    pub fn entity(&self) -> Option<(EntityKind, EntityId)> {
+        match &self.target {
+            Target::NewIncident | Target::Incident { .. } => None,
+            Target::NewEntity { kind, id, .. } | Target::Entity { kind, id, .. } => {
+                Some((*kind, *id))
+            }
+        }
+    }
+
     /// The entity for error messages: `need 3fa2…`, `incident york-floods`.
     pub fn label(&self) -> String {
         match &self.target {

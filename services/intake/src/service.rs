@@ -5,7 +5,7 @@
 //! any refusal to the right status. A refusal caused by this very request having been stored
 //! before is answered with the original result, marked `duplicate`.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use muster_log::{AppendError, Appender, LogReader};
@@ -196,12 +196,13 @@ impl Inner {
         // Check every item; report every problem of every item at once.
         let mut errors = Vec::new();
         let mut drafts = Vec::with_capacity(r.items.len());
-        let mut first_of: BTreeMap<String, usize> = BTreeMap::new();
+        // Every item is of this request's incident, so the entity alone tells two apart.
+        let mut first_of = HashMap::with_capacity(r.items.len());
         for (i, item) in r.items.iter().enumerate() {
             yield_between(i).await;
             match commands::bulk_item(item, &actor.agency, &incident) {
                 Ok(d) => {
-                    if let Some(j) = first_of.insert(d.filter(), i) {
+                    if let Some(j) = first_of.insert(d.entity(), i) {
                         errors.push(IntakeError::Invalid(
                             Violation::new("command", format!("targets the same entity as items[{j}]: one command per entity per bulk request")).into(),
                         ).in_item(i));
