@@ -114,6 +114,62 @@ impl Tail {
             self.last_seq + 1
         }
     }
+
+    /// [`LogConsumer::next`] of a tailing consumer reading `messages`: starts its server-side
+    /// consumer again after the last message delivered when it is broken, and breaks it on an
+    /// error, an end, or a delivery that skips one. A consumer that broke before delivering
+    /// anything (or could not be started) is started again only after a pause that doubles
+    /// each time, so a log that keeps failing is not retried in a tight loop.
+    async fn next(&mut self, messages: &mut Messages) -> Result<Delivered, ConsumerError> {
+        loop {
+            if let Some(reason) = self.broken.clone() {
+                if self.delivered == 0 {
+                    tokio::time::sleep(self.backoff).await;
+                    self.backoff = (self.backoff * 2).min(TAIL_BACKOFF_MAX);
+                }
+                // Whatever happens next, the consumer that delivered those is gone.
+                self.delivered = 0;
+                let from = self.next_seq();
+                tracing::debug!(from, %reason, "tailing consumer starting again");
+                let filters = self.filters.clone();
+                let restarted = ephemeral(&self.stream, filters, from, TAIL_BATCH, TAIL_HEARTBEAT)
+                    .await
+                    .map_err(|e| {
+                        ConsumerError::Read(format!(
+                            "starting again from sequence {from} after \"{reason}\": {e}"
+                        ))
+                    })?;
+                *messages = restarted;
+                self.broken = None;
+            }
+            let message = match messages.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    self.broken = Some(e.clone());
+                    return Err(ConsumerError::Read(e));
+                }
+                None => {
+                    self.broken = Some("the consumer ended".into());
+                    continue;
+                }
+            };
+            let info = message
+                .info()
+                .map_err(|e| ConsumerError::Read(e.to_string()))?;
+            if info.consumer_sequence != self.delivered + 1 {
+                self.broken = Some(format!(
+                    "delivery {} after {}: a message went missing in flight",
+                    info.consumer_sequence, self.delivered
+                ));
+                continue;
+            }
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            self.delivered = info.consumer_sequence;
+            self.last_seq = seq;
+            self.backoff = TAIL_BACKOFF;
+            return Ok(Delivered::new(seq, pending, message));
+        }
+    }
 }
 
 /// An ephemeral consumer without acks over `filters` from `from_seq`, pulling `batch` messages
@@ -350,8 +406,8 @@ impl LogConsumer {
     ///
     /// Cancel-safe for a tailing consumer: a call dropped while it waits loses nothing.
     pub async fn next(&mut self) -> Option<Result<Delivered, ConsumerError>> {
-        if self.tail.is_some() {
-            return Some(self.next_tailed().await);
+        if let Some(tail) = self.tail.as_mut() {
+            return Some(tail.next(&mut self.messages).await);
         }
         let message = match self.messages.next().await? {
             Ok(m) => m,
@@ -362,60 +418,5 @@ impl LogConsumer {
             Err(e) => return Some(Err(ConsumerError::Read(e.to_string()))),
         };
         Some(Ok(Delivered::new(seq, pending, message)))
-    }
-
-    /// [`LogConsumer::next`] of a tailing consumer: starts its server-side consumer again after
-    /// the last message delivered when it is broken, and breaks it on an error, an end, or a
-    /// delivery that skips one.
-    async fn next_tailed(&mut self) -> Result<Delivered, ConsumerError> {
-        let Self { messages, tail } = self;
-        let tail = tail.as_mut().expect("called for a tailing consumer");
-        loop {
-            if let Some(reason) = tail.broken.clone() {
-                let from = tail.next_seq();
-                tracing::debug!(from, %reason, "tailing consumer starting again");
-                let filters = tail.filters.clone();
-                match ephemeral(&tail.stream, filters, from, TAIL_BATCH, TAIL_HEARTBEAT).await {
-                    Ok(restarted) => {
-                        *messages = restarted;
-                        tail.delivered = 0;
-                        tail.broken = None;
-                        tail.backoff = TAIL_BACKOFF;
-                    }
-                    Err(e) => {
-                        tokio::time::sleep(tail.backoff).await;
-                        tail.backoff = (tail.backoff * 2).min(TAIL_BACKOFF_MAX);
-                        return Err(ConsumerError::Read(format!(
-                            "starting again from sequence {from} after \"{reason}\": {e}"
-                        )));
-                    }
-                }
-            }
-            let message = match messages.next().await {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => {
-                    tail.broken = Some(e.clone());
-                    return Err(ConsumerError::Read(e));
-                }
-                None => {
-                    tail.broken = Some("the consumer ended".into());
-                    continue;
-                }
-            };
-            let info = message
-                .info()
-                .map_err(|e| ConsumerError::Read(e.to_string()))?;
-            if info.consumer_sequence != tail.delivered + 1 {
-                tail.broken = Some(format!(
-                    "delivery {} after {}: a message went missing in flight",
-                    info.consumer_sequence, tail.delivered
-                ));
-                continue;
-            }
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            tail.delivered = info.consumer_sequence;
-            tail.last_seq = seq;
-            return Ok(Delivered::new(seq, pending, message));
-        }
     }
 }
