@@ -534,6 +534,16 @@ async fn log_of_raw(nats: &Nats) -> u64 {
     stream.info().await.expect("info").state.messages
 }
 
+/// The "field: rule" lines of an invalid-argument status's details.
+fn bad_fields(err: &tonic::Status) -> Vec<String> {
+    err.get_details_bad_request()
+        .expect("field violations")
+        .field_violations
+        .into_iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect()
+}
+
 fn bulk_of(key: &str, n: usize) -> pb::SubmitBulkRequest {
     pb::SubmitBulkRequest {
         idempotency_key: key.into(),
@@ -598,18 +608,9 @@ async fn a_bulk_request_with_one_bad_item_stores_nothing_and_names_it() {
     }
     let err = c.submit_bulk(req(bulk)).await.expect_err("invalid item");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let details = err.get_details_bad_request().expect("field violations");
-    let fields: Vec<(&str, &str)> = details
-        .field_violations
-        .iter()
-        .map(|v| (v.field.as_str(), v.description.as_str()))
-        .collect();
     assert_eq!(
-        fields,
-        [(
-            "items[6].report_need.need.location.lat",
-            "must be between -90 and 90 degrees"
-        )]
+        bad_fields(&err),
+        ["items[6].report_need.need.location.lat: must be between -90 and 90 degrees"]
     );
     assert_eq!(log_of(&nats).await.len(), 1, "only the declaration");
 
@@ -898,18 +899,11 @@ async fn a_bulk_request_naming_one_entity_twice_is_refused_and_stores_nothing() 
     reference(&mut bulk.items[8], Some("E08000035"));
     let err = c.submit_bulk(req(bulk)).await.expect_err("one need twice");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    let details = err.get_details_bad_request().expect("field violations");
-    let fields: Vec<(&str, &str)> = details
-        .field_violations
-        .iter()
-        .map(|v| (v.field.as_str(), v.description.as_str()))
-        .collect();
     assert_eq!(
-        fields,
-        [(
-            "items[8].command",
-            "targets the same entity as items[2]: one command per entity per bulk request"
-        )]
+        bad_fields(&err),
+        [
+            "items[8].command: targets the same entity as items[2]: one command per entity per bulk request"
+        ]
     );
     assert_eq!(log_of(&nats).await.len(), 1, "only the declaration");
 }
