@@ -229,11 +229,11 @@ async fn a_need_and_an_offer_become_an_assignment_a_watcher_sees() {
     .expect("an assignment within 20 s");
     assert!(proposed.sequence > need);
     let got = query
-        .get_need(workload::req(pb::GetEntityRequest {
-            id: String::new(),
-            reference: "n0".into(),
-            min_sequence: proposed.sequence,
-        }))
+        .get_need(workload::req(workload::by_reference(
+            "thirsk",
+            "n0",
+            proposed.sequence,
+        )))
         .await
         .expect("need")
         .into_inner();

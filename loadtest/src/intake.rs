@@ -230,6 +230,7 @@ pub(crate) fn need(key: &str, reference: &str) -> pb::ReportNeedRequest {
 /// The bytes intake would write for one `need(..)` request.
 fn sample_payload() -> Bytes {
     use muster_schema::*;
+    let incident = IncidentId::parse("i", INCIDENT).expect("valid");
     let agency = AgencyId::parse("a", AGENCY).expect("valid");
     let reference = Reference::parse("r", "bench-need-000000").expect("valid");
     let r = need("bench-key-000000", "bench-need-000000");
@@ -237,7 +238,7 @@ fn sample_payload() -> Bytes {
     let env = Envelope {
         schema_version: ENVELOPE_VERSION,
         event_id: EntityId([3; 16]),
-        incident: IncidentId::parse("i", INCIDENT).expect("valid"),
+        incident: incident.clone(),
         partition: PartitionCode::parse("p", "E08000035").expect("valid"),
         recorded_at: Timestamp(T0 * 1_000_000),
         actor: agency.clone(),
@@ -245,7 +246,7 @@ fn sample_payload() -> Bytes {
         correlation_id: "bench-agency:bench-key-000000".into(),
         causation_id: None,
         event: Event::NeedReportedV1(events::NeedReportedV1 {
-            need: EntityId::derive(ids::EntityKind::Need, &agency, &reference),
+            need: EntityId::derive(ids::EntityKind::Need, &incident, &agency, &reference),
             reference,
             spec,
             personal: Personal::from_details(PersonalDetails {

@@ -17,6 +17,17 @@ pub fn req<T>(body: T) -> tonic::Request<T> {
     r
 }
 
+/// A get of the need or offer [`AGENCY`] gave `reference` in `incident`, answered once the
+/// projection has applied `min_sequence`.
+pub fn by_reference(incident: &str, reference: &str, min_sequence: u64) -> pb::GetEntityRequest {
+    pb::GetEntityRequest {
+        id: String::new(),
+        reference: reference.into(),
+        incident: incident.into(),
+        min_sequence,
+    }
+}
+
 pub fn ts(s: i64) -> Option<prost_types::Timestamp> {
     Some(prost_types::Timestamp {
         seconds: s,

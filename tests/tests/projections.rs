@@ -59,11 +59,11 @@ async fn a_query_with_a_minimum_sequence_waits_for_it_and_honours_the_deadline()
     for i in 0..20 {
         let seqs = workload::bulk(&mut c, INCIDENT, &format!("b{i}"), workload::needs(i, 1)).await;
         let need = q
-            .get_need(req(pb::GetEntityRequest {
-                id: String::new(),
-                reference: format!("n{i}"),
-                min_sequence: seqs[0],
-            }))
+            .get_need(req(workload::by_reference(
+                INCIDENT,
+                &format!("n{i}"),
+                seqs[0],
+            )))
             .await
             .expect("the need is there once its sequence has been applied")
             .into_inner();
@@ -76,11 +76,7 @@ async fn a_query_with_a_minimum_sequence_waits_for_it_and_honours_the_deadline()
     let started = Instant::now();
     let err = q
         .get_need(with_deadline(
-            pb::GetEntityRequest {
-                id: String::new(),
-                reference: "n0".into(),
-                min_sequence: 1_000_000,
-            },
+            workload::by_reference(INCIDENT, "n0", 1_000_000),
             Duration::from_millis(400),
         ))
         .await
@@ -103,11 +99,7 @@ async fn a_query_with_a_minimum_sequence_waits_for_it_and_honours_the_deadline()
     let mut q2 = q.clone();
     let waiting = tokio::spawn(async move {
         q2.get_need(with_deadline(
-            pb::GetEntityRequest {
-                id: String::new(),
-                reference: "n100".into(),
-                min_sequence: next,
-            },
+            workload::by_reference(INCIDENT, "n100", next),
             Duration::from_secs(20),
         ))
         .await
@@ -240,11 +232,11 @@ async fn a_poison_event_is_set_aside_and_the_events_after_it_are_applied() {
     let after = workload::bulk(&mut c, INCIDENT, "after", workload::needs(5, 5)).await;
     let mut q = projections.client().await;
     let need = q
-        .get_need(req(pb::GetEntityRequest {
-            id: String::new(),
-            reference: "n9".into(),
-            min_sequence: *after.last().expect("seq"),
-        }))
+        .get_need(req(workload::by_reference(
+            INCIDENT,
+            "n9",
+            *after.last().expect("seq"),
+        )))
         .await
         .expect("the need after the poison is applied")
         .into_inner();
@@ -273,6 +265,77 @@ async fn a_poison_event_is_set_aside_and_the_events_after_it_are_applied() {
         .into_inner();
     assert_eq!(position.set_aside, 1);
     assert!(position.applied_sequence >= *after.last().expect("seq"));
+}
+
+/// An agency's references are its own within one incident: the next incident's `n1` (a
+/// council numbering each flood's cases from 1) is a new need, stored, folded and found under
+/// its own incident, not taken for the first incident's (which the read models would refuse
+/// as reported twice, leaving the acknowledged need invisible).
+#[tokio::test]
+async fn a_reference_reused_in_another_incident_names_a_new_entity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_nats, intake, projections) = setup(dir.path()).await;
+    let mut c = intake.client().await;
+    workload::declare(&mut c, "ripon").await;
+    let thirsk = workload::bulk(&mut c, INCIDENT, "thirsk", workload::needs(0, 3)).await;
+    let ripon = workload::bulk(&mut c, "ripon", "ripon", workload::needs(0, 3)).await;
+    workload::bulk(&mut c, INCIDENT, "thirsk-o", workload::offers(0, 2)).await;
+    let last = workload::bulk(&mut c, "ripon", "ripon-o", workload::offers(0, 2)).await;
+    let last = *last.last().expect("seq");
+
+    let mut q = projections.client().await;
+    let need = |incident: &'static str| {
+        let mut q = q.clone();
+        async move {
+            q.get_need(req(workload::by_reference(incident, "n1", last)))
+                .await
+                .expect("need n1")
+                .into_inner()
+        }
+    };
+    let (first, second) = (need(INCIDENT).await, need("ripon").await);
+    assert_ne!(first.id, second.id);
+    assert_eq!(
+        (first.incident.as_str(), first.created_sequence),
+        (INCIDENT, thirsk[1])
+    );
+    assert_eq!(
+        (second.incident.as_str(), second.created_sequence),
+        ("ripon", ripon[1])
+    );
+    let offer = q
+        .get_offer(req(workload::by_reference("ripon", "o1", last)))
+        .await
+        .expect("offer o1 of ripon")
+        .into_inner();
+    assert_eq!(offer.incident, "ripon");
+    let listed = q
+        .list_needs(req(pb::ListNeedsRequest {
+            incident: "ripon".into(),
+            min_sequence: last,
+            ..Default::default()
+        }))
+        .await
+        .expect("ripon's needs")
+        .into_inner();
+    assert_eq!(listed.needs.len(), 3);
+    let aside = q
+        .list_set_aside(req(pb::ListSetAsideRequest::default()))
+        .await
+        .expect("set-aside list")
+        .into_inner();
+    assert_eq!(aside.total, 0, "{:?}", aside.events);
+
+    // A reference alone no longer names one need: the incident is asked for by name.
+    let err = q
+        .get_need(req(workload::by_reference("", "n1", last)))
+        .await
+        .expect_err("a reference without its incident");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "invalid request: incident: is required with reference (a reference names an entity within one incident)"
+    );
 }
 
 #[tokio::test]
@@ -549,28 +612,16 @@ async fn an_as_of_view_shows_the_past_and_serves_read_only() {
     let mut q = muster_proto::v1::query_client::QueryClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
-    q.get_need(req(pb::GetEntityRequest {
-        id: String::new(),
-        reference: "n9".into(),
-        min_sequence: 0,
-    }))
-    .await
-    .expect("n9 was there at the cut");
+    q.get_need(req(workload::by_reference(INCIDENT, "n9", 0)))
+        .await
+        .expect("n9 was there at the cut");
     let err = q
-        .get_need(req(pb::GetEntityRequest {
-            id: String::new(),
-            reference: "n10".into(),
-            min_sequence: 0,
-        }))
+        .get_need(req(workload::by_reference(INCIDENT, "n10", 0)))
         .await
         .expect_err("n10 came after the cut");
     assert_eq!(err.code(), Code::NotFound);
     let err = q
-        .get_need(req(pb::GetEntityRequest {
-            id: String::new(),
-            reference: "n9".into(),
-            min_sequence: cut + 1,
-        }))
+        .get_need(req(workload::by_reference(INCIDENT, "n9", cut + 1)))
         .await
         .expect_err("beyond the snapshot");
     assert_eq!(err.code(), Code::FailedPrecondition);

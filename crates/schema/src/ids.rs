@@ -187,11 +187,19 @@ impl EntityKind {
 pub struct EntityId(pub [u8; 16]);
 
 impl EntityId {
-    /// The id of the entity of `kind` that `agency` submitted under its own `reference`.
-    /// Deterministic, so a re-submission names the same entity.
-    pub fn derive(kind: EntityKind, agency: &AgencyId, reference: &Reference) -> Self {
+    /// The id of the entity of `kind` that `agency` submitted in `incident` under its own
+    /// `reference`. Deterministic, so a re-submission names the same entity; an agency's
+    /// references are its own within one incident (the next incident's `case-1` is another
+    /// entity), as the log's subjects and the creation guard are per incident.
+    pub fn derive(
+        kind: EntityKind,
+        incident: &IncidentId,
+        agency: &AgencyId,
+        reference: &Reference,
+    ) -> Self {
         Self::hash(&[
             kind.token().as_bytes(),
+            incident.as_str().as_bytes(),
             agency.as_str().as_bytes(),
             reference.as_str().as_bytes(),
         ])
@@ -284,14 +292,23 @@ mod tests {
     }
 
     #[test]
-    fn derived_ids_depend_on_kind_agency_and_reference() {
+    fn derived_ids_depend_on_kind_incident_agency_and_reference() {
+        let i = IncidentId::parse("i", "york-floods").expect("valid");
+        let j = IncidentId::parse("i", "york-floods-2").expect("valid");
         let a = AgencyId::parse("a", "york-council").expect("valid");
         let b = AgencyId::parse("a", "leeds-council").expect("valid");
         let r = Reference::parse("r", "case-1").expect("valid");
-        let n = EntityId::derive(EntityKind::Need, &a, &r);
-        assert_eq!(n, EntityId::derive(EntityKind::Need, &a, &r));
-        assert_ne!(n, EntityId::derive(EntityKind::Offer, &a, &r));
-        assert_ne!(n, EntityId::derive(EntityKind::Need, &b, &r));
+        let s = Reference::parse("r", "case-2").expect("valid");
+        let n = EntityId::derive(EntityKind::Need, &i, &a, &r);
+        assert_eq!(n, EntityId::derive(EntityKind::Need, &i, &a, &r));
+        assert_ne!(n, EntityId::derive(EntityKind::Offer, &i, &a, &r));
+        assert_ne!(n, EntityId::derive(EntityKind::Need, &j, &a, &r));
+        assert_ne!(n, EntityId::derive(EntityKind::Need, &i, &b, &r));
+        assert_ne!(n, EntityId::derive(EntityKind::Need, &i, &a, &s));
+        // Pinned (ids are in the log: the derivation must not change silently); the value is
+        // the first 16 bytes of SHA-256 over the parts, each after its length as 8 bytes LE,
+        // computed independently with Python's hashlib.
+        assert_eq!(n.to_hex(), "b3af8dcf2db3cd68042d5222e7f00616");
         assert_eq!(EntityId::parse("id", &n.to_hex()), Ok(n));
         assert!(EntityId::parse("id", "xyz").is_err());
         assert!(EntityId::parse("id", &n.to_hex().to_uppercase()).is_err());

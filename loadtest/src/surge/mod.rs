@@ -920,8 +920,8 @@ async fn projections_hold(
             match q
                 .get_need(pb::GetEntityRequest {
                     id: id.clone(),
-                    reference: String::new(),
                     min_sequence: seq,
+                    ..Default::default()
                 })
                 .await
             {

@@ -496,7 +496,7 @@ pub fn report_need(
         spec = convert::need_spec("need", r.need.as_ref()),
         personal = convert::personal("personal", r.personal.as_ref()),
     );
-    let id = EntityId::derive(EntityKind::Need, agency, &reference);
+    let id = EntityId::derive(EntityKind::Need, &incident, agency, &reference);
     Ok(Draft {
         incident,
         target: Target::NewEntity {
@@ -602,7 +602,7 @@ pub fn register_offer(
         spec = convert::offer_spec("offer", r.offer.as_ref()),
         personal = convert::personal("personal", r.personal.as_ref()),
     );
-    let id = EntityId::derive(EntityKind::Offer, agency, &reference);
+    let id = EntityId::derive(EntityKind::Offer, &incident, agency, &reference);
     Ok(Draft {
         incident,
         target: Target::NewEntity {
@@ -704,7 +704,7 @@ pub fn record_verification(
             muster_schema::Violation::new("expires_at", "must be after issued_at").into(),
         ));
     }
-    let id = EntityId::derive(EntityKind::Verification, agency, &reference);
+    let id = EntityId::derive(EntityKind::Verification, &incident, agency, &reference);
     Ok(Draft {
         incident,
         target: Target::NewEntity {

@@ -247,7 +247,14 @@ impl QueryService {
             (false, _, _) => EntityId::parse("id", &r.id).map_err(invalid),
             (true, false, Some(kind)) => {
                 let reference = Reference::parse("reference", &r.reference).map_err(invalid)?;
-                Ok(EntityId::derive(kind, &agency(req)?, &reference))
+                if r.incident.is_empty() {
+                    return Err(invalid(Violation::new(
+                        "incident",
+                        "is required with reference (a reference names an entity within one incident)",
+                    )));
+                }
+                let incident = IncidentId::parse("incident", &r.incident).map_err(invalid)?;
+                Ok(EntityId::derive(kind, &incident, &agency(req)?, &reference))
             }
             (true, false, None) => Err(invalid(Violation::new(
                 "reference",
