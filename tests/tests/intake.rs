@@ -529,6 +529,143 @@ async fn creation_stays_idempotent_after_the_duplicate_window() {
     assert_eq!(log, 1 + 1 + 5 + 2, "declaration, need, bulk, two probes");
 }
 
+/// An idempotency key names one request. A client that reuses one for another request (a
+/// counter that started again, a spreadsheet's row number in the next file) is told so:
+/// answering it as a duplicate would acknowledge a request that was never stored.
+#[tokio::test]
+async fn a_key_reused_for_another_request_is_refused_not_answered_as_a_duplicate() {
+    let (nats, _intake, mut c) = setup().await;
+    // Refused, naming the key and (where the log says) what it was used for.
+    let reused = |err: tonic::Status, original: &str| {
+        assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+        assert!(
+            err.message()
+                .starts_with("idempotency_key already exists: it was used for another request (")
+                && err.message().contains(original),
+            "{}",
+            err.message()
+        );
+    };
+    let first = c
+        .report_need(req(report("k1", "case-1")))
+        .await
+        .expect("first")
+        .into_inner();
+    let err = c
+        .report_need(req(report("k1", "case-2")))
+        .await
+        .expect_err("another need under k1");
+    reused(
+        err,
+        &format!(
+            "(NeedReported on muster.ev.{INCIDENT}.E06000014.need.{} at sequence {})",
+            first.entity_id, first.sequence
+        ),
+    );
+
+    // Another command for the same need under the key of the one before.
+    let updated = c
+        .update_need(req(pb::UpdateNeedRequest {
+            idempotency_key: "u1".into(),
+            incident: INCIDENT.into(),
+            need_id: first.entity_id.clone(),
+            expected_version: None,
+            need: Some(need_spec(2)),
+            personal: None,
+        }))
+        .await
+        .expect("update")
+        .into_inner();
+    let err = c
+        .withdraw_need(req(pb::WithdrawNeedRequest {
+            idempotency_key: "u1".into(),
+            incident: INCIDENT.into(),
+            need_id: first.entity_id.clone(),
+            expected_version: None,
+            reason: "resolved".into(),
+        }))
+        .await
+        .expect_err("a withdrawal under the update's key");
+    reused(
+        err,
+        &format!(
+            "(NeedUpdated on muster.ev.{INCIDENT}.E06000014.need.{} at sequence {})",
+            first.entity_id, updated.sequence
+        ),
+    );
+
+    // A bulk under the key of an earlier bulk, with other items.
+    let bulk = c
+        .submit_bulk(req(bulk_of("b1", 4)))
+        .await
+        .expect("bulk")
+        .into_inner();
+    let other = pb::SubmitBulkRequest {
+        idempotency_key: "b1".into(),
+        ..bulk_of("b2", 4)
+    };
+    let err = c
+        .submit_bulk(req(other))
+        .await
+        .expect_err("other items under b1");
+    reused(err, "(another bulk request)");
+    // ...or with the earlier bulk's items and more.
+    let err = c
+        .submit_bulk(req(bulk_of("b1", 6)))
+        .await
+        .expect_err("more items under b1");
+    reused(
+        err,
+        &format!(
+            "(a bulk request of other items, from sequence {})",
+            bulk.items[0].sequence
+        ),
+    );
+    // The incident's own commands: standing it down under the key that declared it.
+    let err = c
+        .stand_down_incident(req(pb::StandDownIncidentRequest {
+            idempotency_key: "declare-1".into(),
+            incident: INCIDENT.into(),
+            reason: "over".into(),
+            expected_version: None,
+        }))
+        .await
+        .expect_err("a stand-down under the declaration's key");
+    reused(
+        err,
+        &format!("(IncidentDeclared on muster.ev.{INCIDENT}._.incident.{INCIDENT} at sequence 1)"),
+    );
+
+    // Retries, the same requests again, are still answered as duplicates.
+    let again = c
+        .report_need(req(report("k1", "case-1")))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(again.duplicate && again.sequence == first.sequence);
+    let again = c
+        .submit_bulk(req(bulk_of("b1", 4)))
+        .await
+        .expect("bulk retry")
+        .into_inner();
+    assert!(again.duplicate);
+    assert_eq!(
+        again.items,
+        bulk.items
+            .iter()
+            .map(|i| pb::AppendReply {
+                duplicate: true,
+                ..i.clone()
+            })
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log_of(&nats).await.len(),
+        1 + 1 + 1 + 4,
+        "the declaration, the need, its update and the bulk"
+    );
+}
+
 async fn log_of_raw(nats: &Nats) -> u64 {
     let (_, mut stream) = nats.log().await;
     stream.info().await.expect("info").state.messages

@@ -94,9 +94,42 @@ pub fn partition_of(subject: &str) -> Option<&str> {
     parts.next()
 }
 
+/// Whether `subject` matches `filter`, token by token, with NATS wildcards (`*` one token, `>`
+/// the rest, at least one).
+pub fn matches(filter: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    for f in filter.split('.') {
+        match (f, tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (f, Some(t)) if f == t => {}
+            _ => return false,
+        }
+    }
+    tokens.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_match_subjects_token_by_token() {
+        let s = "muster.ev.york.E08000035.need.ab12";
+        for (filter, expected) in [
+            ("muster.ev.york.E08000035.need.ab12", true),
+            ("muster.ev.york.*.need.ab12", true),
+            ("muster.ev.york.>", true),
+            ("muster.ev.york.*.need.ab1", false),
+            ("muster.ev.york.*.offer.ab12", false),
+            ("muster.ev.yorks.*.need.ab12", false),
+            ("muster.ev.york.*.need", false),
+            ("muster.ev.york.*.need.ab12.more", false),
+            ("muster.ev.york.E08000035.need.ab12.>", false),
+        ] {
+            assert_eq!(matches(filter, s), expected, "{filter}");
+        }
+    }
 
     #[test]
     fn subjects_carry_incident_partition_kind_and_id() {

@@ -208,7 +208,7 @@ pub async fn resolve(
                 ));
             };
             if state.last_msg_id.as_deref() == Some(msg_id) {
-                return duplicate_at(reader, state.version).await;
+                return duplicate_at(&draft, reader, state.version).await;
             }
             if state.stood_down {
                 return Err(IntakeError::precondition(
@@ -279,6 +279,7 @@ pub async fn resolve(
                 ));
             };
             if last.msg_id.as_deref() == Some(msg_id) {
+                same_request(&draft, &last)?;
                 return Ok(Resolved::Duplicate(last));
             }
             let event = Envelope::decode(&last.payload)
@@ -312,12 +313,51 @@ pub async fn resolve(
     }
 }
 
-async fn duplicate_at(reader: &LogReader, seq: u64) -> Result<Resolved, IntakeError> {
-    match reader.at(seq).await? {
-        Some(m) => Ok(Resolved::Duplicate(m)),
-        None => Err(IntakeError::Internal(format!(
-            "event {seq} vanished from the log"
-        ))),
+async fn duplicate_at(
+    draft: &Draft,
+    reader: &LogReader,
+    seq: u64,
+) -> Result<Resolved, IntakeError> {
+    let stored = stored_at(reader, seq).await?;
+    same_request(draft, &stored)?;
+    Ok(Resolved::Duplicate(stored))
+}
+
+/// The message at `seq`, which the log has said is there.
+pub async fn stored_at(reader: &LogReader, seq: u64) -> Result<StoredMessage, IntakeError> {
+    reader
+        .at(seq)
+        .await?
+        .ok_or_else(|| IntakeError::Internal(format!("event {seq} vanished from the log")))
+}
+
+/// A message stored under this request's idempotency key answers the request only if it is
+/// this request: the same command (event type) on the same entity. Anything else means the
+/// key was used before for another request (a client's counter that started again, one
+/// spreadsheet's row numbers in the next): refused, naming the key, because answering it as a
+/// duplicate would acknowledge a request that was never stored.
+pub fn same_request(draft: &Draft, stored: &StoredMessage) -> Result<(), IntakeError> {
+    let event = Envelope::decode(&stored.payload).map(|e| e.event.type_name());
+    if subject::matches(&draft.filter(), &stored.subject)
+        && event.as_ref().is_ok_and(|t| *t == draft.event.type_name())
+    {
+        return Ok(());
+    }
+    Err(key_used_before(format!(
+        "{} on {} at sequence {}",
+        event.unwrap_or("an unreadable event"),
+        stored.subject,
+        stored.seq
+    )))
+}
+
+/// The refusal of a request whose idempotency key named `other` before.
+pub fn key_used_before(other: String) -> IntakeError {
+    IntakeError::AlreadyExists {
+        subject: "idempotency_key".to_string(),
+        description: format!(
+            "it was used for another request ({other}): a retry must repeat its request, and a new request needs a new key"
+        ),
     }
 }
 
@@ -358,6 +398,7 @@ pub async fn explain_refusal(
     reader: &LogReader,
 ) -> Result<StoredMessage, IntakeError> {
     if let Some(original) = reader.find_msg_id(&draft.filter(), msg_id).await? {
+        same_request(draft, &original)?;
         return Ok(original);
     }
     let last = reader.last(&draft.filter()).await?;

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::{StreamExt, TryStreamExt};
+
 use muster_log::{AppendError, Appender, LogReader};
 use muster_proto::v1 as pb;
 use muster_proto::v1::intake_server::Intake;
@@ -162,7 +164,13 @@ impl Inner {
             self.directory.invalidate(&plan.draft.incident);
         }
         match result {
-            Ok(a) => Ok(Response::new(reply(&plan.draft, a.first_seq, a.duplicate))),
+            Ok(a) => {
+                if a.duplicate {
+                    let stored = commands::stored_at(&self.reader, a.first_seq).await?;
+                    commands::same_request(&plan.draft, &stored)?;
+                }
+                Ok(Response::new(reply(&plan.draft, a.first_seq, a.duplicate)))
+            }
             Err(AppendError::WrongLastSequence(_)) => {
                 let original =
                     commands::explain_refusal(&plan.draft, &msg_id, &self.reader).await?;
@@ -249,17 +257,26 @@ impl Inner {
             outs.push(p.outgoing(&actor, &r.idempotency_key, id, at));
         }
         match self.appender.append(outs).await {
-            Ok(a) => Ok(Response::new(pb::SubmitBulkReply {
-                duplicate: a.duplicate,
-                items: plans
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| reply(&p.draft, a.first_seq + i as u64, a.duplicate))
-                    .collect(),
-            })),
-            Err(AppendError::DuplicateRequest | AppendError::WrongLastSequence(_)) => {
+            Ok(a) => {
+                if a.duplicate {
+                    self.stored_before(&plans, &msg_ids, a.first_seq).await?;
+                }
+                Ok(Response::new(pb::SubmitBulkReply {
+                    duplicate: a.duplicate,
+                    items: plans
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| reply(&p.draft, a.first_seq + i as u64, a.duplicate))
+                        .collect(),
+                }))
+            }
+            Err(e @ (AppendError::DuplicateRequest | AppendError::WrongLastSequence(_))) => {
                 if let Some(found) = self.find_bulk(&plans, &msg_ids).await? {
                     return Ok(Response::new(found));
+                }
+                if e == AppendError::DuplicateRequest {
+                    // The log holds these message ids, but not on this request's first entity.
+                    return Err(commands::key_used_before("another bulk request".into()).into());
                 }
                 Err(IntakeError::many_to_status(&self.diagnose(&plans).await))
             }
@@ -314,14 +331,7 @@ impl Inner {
         else {
             return Ok(None);
         };
-        let last_seq = original.seq + plans.len() as u64 - 1;
-        let last = self.reader.at(last_seq).await?;
-        if last.and_then(|m| m.msg_id) != msg_ids.last().cloned() {
-            return Err(IntakeError::Internal(format!(
-                "bulk request found at {} but its last item is not at {last_seq}",
-                original.seq
-            )));
-        }
+        self.stored_before(plans, msg_ids, original.seq).await?;
         Ok(Some(pb::SubmitBulkReply {
             duplicate: true,
             items: plans
@@ -330,6 +340,35 @@ impl Inner {
                 .map(|(i, p)| reply(&p.draft, original.seq + i as u64, true))
                 .collect(),
         }))
+    }
+
+    /// Checks that the messages from `first_seq` on are this bulk request's items, stored
+    /// before under its key (a stored batch is contiguous); otherwise the key was used for
+    /// another bulk request.
+    async fn stored_before(
+        &self,
+        plans: &[Plan],
+        msg_ids: &[String],
+        first_seq: u64,
+    ) -> Result<(), IntakeError> {
+        let stored: Vec<_> = futures::stream::iter(0..plans.len() as u64)
+            .map(|i| self.reader.at(first_seq + i))
+            .buffered(64)
+            .try_collect()
+            .await?;
+        for ((p, id), m) in plans.iter().zip(msg_ids).zip(stored) {
+            match m {
+                Some(m) if m.msg_id.as_deref() == Some(id.as_str()) => {
+                    commands::same_request(&p.draft, &m)?
+                }
+                _ => {
+                    return Err(commands::key_used_before(format!(
+                        "a bulk request of other items, from sequence {first_seq}"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Which items made the log refuse a bulk request.
