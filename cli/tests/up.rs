@@ -296,6 +296,99 @@ async fn a_need_and_an_offer_become_an_assignment_a_watcher_sees() {
             .iter()
             .any(|t| t.urgency == 0 && t.matched == 1)
     );
+    // The assignment by its id, and in each of its lists.
+    let assignment = query
+        .get_assignment(workload::req(pb::GetEntityRequest {
+            id: proposed.entity_id.clone(),
+            min_sequence: accepted.sequence,
+            ..Default::default()
+        }))
+        .await
+        .expect("assignment")
+        .into_inner();
+    assert_eq!(
+        (
+            assignment.need_id.as_str(),
+            assignment.offer_id.as_str(),
+            assignment.volunteer.as_str(),
+            assignment.status,
+            assignment.proposed_sequence,
+            assignment.last_sequence,
+        ),
+        (
+            proposed.need_id.as_str(),
+            proposed.offer_id.as_str(),
+            "vol-0",
+            pb::AssignmentStatus::Accepted as i32,
+            proposed.sequence,
+            accepted.sequence,
+        )
+    );
+    assert!(assignment.score.is_some_and(|s| s.total > 0));
+    for by in [
+        pb::ListAssignmentsRequest {
+            need_id: proposed.need_id.clone(),
+            ..Default::default()
+        },
+        pb::ListAssignmentsRequest {
+            volunteer: "vol-0".into(),
+            ..Default::default()
+        },
+        pb::ListAssignmentsRequest {
+            incident: "thirsk".into(),
+            ..Default::default()
+        },
+    ] {
+        let listed = query
+            .list_assignments(workload::req(by.clone()))
+            .await
+            .expect("assignments")
+            .into_inner();
+        assert_eq!(
+            listed
+                .assignments
+                .iter()
+                .map(|a| (a.id.as_str(), a.status))
+                .collect::<Vec<_>>(),
+            [(
+                proposed.entity_id.as_str(),
+                pb::AssignmentStatus::Accepted as i32
+            )],
+            "{by:?}"
+        );
+    }
+    for (by, names) in [
+        (
+            pb::ListAssignmentsRequest {
+                volunteer: "vol-1".into(),
+                ..Default::default()
+            },
+            "no one else's",
+        ),
+        (
+            pb::ListAssignmentsRequest {
+                incident: "ripon".into(),
+                ..Default::default()
+            },
+            "no other incident's",
+        ),
+    ] {
+        let listed = query
+            .list_assignments(workload::req(by))
+            .await
+            .expect("assignments")
+            .into_inner();
+        assert!(listed.assignments.is_empty(), "{names}");
+    }
+    let err = query
+        .list_assignments(workload::req(pb::ListAssignmentsRequest {
+            need_id: proposed.need_id.clone(),
+            volunteer: "vol-0".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("two lists at once");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let history = query
         .get_history(workload::req(pb::GetHistoryRequest {
             id: proposed.entity_id.clone(),

@@ -338,6 +338,131 @@ async fn a_reference_reused_in_another_incident_names_a_new_entity() {
     );
 }
 
+/// A person's verifications, status only: every check recorded for them, or those of one
+/// incident (a person id is of an incident's scheme), revocations included.
+#[tokio::test]
+async fn a_persons_verifications_are_listed_by_incident_with_their_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_nats, intake, projections) = setup(dir.path()).await;
+    let mut c = intake.client().await;
+    workload::declare(&mut c, "ripon").await;
+    let record = |incident: &str, reference: &str, person: &str, kind: pb::VerificationKind| {
+        pb::RecordVerificationRequest {
+            idempotency_key: format!("{incident}-{reference}"),
+            incident: incident.into(),
+            reference: reference.into(),
+            person: person.into(),
+            kind: kind as i32,
+            qualification: String::new(),
+            issuer: "dbs".into(),
+            issued_at: workload::ts(1_790_000_000),
+            expires_at: workload::ts(1_900_000_000),
+            personal: None,
+        }
+    };
+    let mut recorded = Vec::new();
+    for r in [
+        record(INCIDENT, "c1", "vol-1", pb::VerificationKind::Identity),
+        record(
+            INCIDENT,
+            "c2",
+            "vol-1",
+            pb::VerificationKind::CriminalRecordEnhanced,
+        ),
+        record(INCIDENT, "c3", "vol-2", pb::VerificationKind::Identity),
+        record("ripon", "c1", "vol-1", pb::VerificationKind::Identity),
+    ] {
+        let reply = c
+            .record_verification(req(r))
+            .await
+            .expect("record")
+            .into_inner();
+        recorded.push(reply);
+    }
+    let revoked = c
+        .revoke_verification(req(pb::RevokeVerificationRequest {
+            idempotency_key: "revoke-c2".into(),
+            incident: INCIDENT.into(),
+            verification_id: recorded[1].entity_id.clone(),
+            expected_version: None,
+            reason: "barred".into(),
+        }))
+        .await
+        .expect("revoke")
+        .into_inner();
+
+    let mut q = projections.client().await;
+    let list = |person: &str, incident: &str| {
+        let request = pb::ListVerificationsRequest {
+            person: person.into(),
+            min_sequence: revoked.sequence,
+            incident: incident.into(),
+        };
+        let mut q = q.clone();
+        async move {
+            let mut listed = q
+                .list_verifications(req(request))
+                .await
+                .expect("verifications")
+                .into_inner()
+                .verifications;
+            listed.sort_by_key(|v| v.last_sequence);
+            listed
+        }
+    };
+    let everywhere = list("vol-1", "").await;
+    assert_eq!(
+        everywhere
+            .iter()
+            .map(|v| (v.incident.as_str(), v.id.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (INCIDENT, recorded[0].entity_id.as_str()),
+            ("ripon", recorded[3].entity_id.as_str()),
+            (INCIDENT, recorded[1].entity_id.as_str()),
+        ],
+        "by last change: the revocation moved c2 last"
+    );
+    let here = list("vol-1", INCIDENT).await;
+    assert_eq!(here.len(), 2);
+    let (identity, enhanced) = (&here[0], &here[1]);
+    assert_eq!(
+        (identity.kind, identity.revoked, identity.issuer.as_str()),
+        (pb::VerificationKind::Identity as i32, false, "dbs")
+    );
+    assert_eq!(identity.expires_at, workload::ts(1_900_000_000));
+    assert_eq!(
+        (
+            enhanced.kind,
+            enhanced.revoked,
+            enhanced.revoked_reason.as_str(),
+            enhanced.last_sequence
+        ),
+        (
+            pb::VerificationKind::CriminalRecordEnhanced as i32,
+            true,
+            "barred",
+            revoked.sequence
+        )
+    );
+    assert_eq!(list("vol-1", "ripon").await.len(), 1);
+    assert_eq!(list("vol-2", INCIDENT).await.len(), 1);
+    assert!(list("vol-3", "").await.is_empty());
+    let err = q
+        .list_verifications(req(pb::ListVerificationsRequest {
+            person: "vol 1".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("not a person id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("invalid request: person: "),
+        "{}",
+        err.message()
+    );
+}
+
 #[tokio::test]
 async fn the_watch_stream_resumes_from_a_sequence_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -401,12 +401,21 @@ impl Query for QueryService {
         &self,
         req: Request<pb::ListVerificationsRequest>,
     ) -> Result<Response<pb::ListVerificationsReply>, Status> {
-        let person = PersonId::parse("person", &req.get_ref().person).map_err(invalid)?;
-        self.ready(&req, req.get_ref().min_sequence).await?;
+        let r = req.get_ref();
+        let person = PersonId::parse("person", &r.person).map_err(invalid)?;
+        let incident = match r.incident.as_str() {
+            "" => None,
+            i => Some(IncidentId::parse("incident", i).map_err(invalid)?),
+        };
+        self.ready(&req, r.min_sequence).await?;
         self.read(move |db| {
             let prefix = keys::verifications_prefix(&person);
             let (found, _) = page(db, Cf::Index, &prefix, "", MAX_PAGE, |_, _| true)?;
-            let verifications = records_of(db, Cf::Verifications, &found, convert::verification)?;
+            let mut verifications =
+                records_of(db, Cf::Verifications, &found, convert::verification)?;
+            if let Some(incident) = incident {
+                verifications.retain(|v| v.incident == incident.as_str());
+            }
             Ok(Response::new(pb::ListVerificationsReply { verifications }))
         })
         .await
