@@ -612,7 +612,15 @@ impl State {
                     .needs
                     .get(&e.need)
                     .map_or(1, |n| u32::from(n.spec.party_size));
-                self.set_status(&e.need, NeedStatus::Assigned(e.assignment));
+                // A need withdrawn after the round's cut stays withdrawn: the proposal stands
+                // (capacity committed) until the next round cancels it (`cancel_reason`).
+                if self
+                    .needs
+                    .get(&e.need)
+                    .is_some_and(|n| n.status != NeedStatus::Withdrawn)
+                {
+                    self.set_status(&e.need, NeedStatus::Assigned(e.assignment));
+                }
                 if let Some(&slot) = self.offer_slot.get(&e.offer) {
                     self.offers[slot as usize].committed += party;
                 }

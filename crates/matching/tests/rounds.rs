@@ -686,6 +686,41 @@ fn withdrawing_a_need_or_an_offer_cancels_its_assignment() {
     );
 }
 
+/// A round is decided on the log as of its cut; a need withdrawn before the round's events
+/// are appended is proposed all the same. The proposal does not bring the need back: the next
+/// round cancels it and the volunteer is free again.
+#[test]
+fn a_need_withdrawn_while_its_round_was_decided_stays_withdrawn_and_its_proposal_is_cancelled() {
+    let mut s = Scenario::new();
+    s.need("n1", need(3)).offer("o1", "vol-a", offer());
+    let r = round(&s.state);
+    let incident = IncidentId::parse("i", "test").expect("valid");
+    let events = muster_matching::round::round_events(&s.state, &incident, &r);
+    let a1 = r.proposals[0].assignment;
+    s.given(Event::NeedWithdrawnV1(NeedWithdrawnV1 {
+        need: id("n1"),
+        reason: String::new(),
+    }));
+    for (_, event) in events {
+        s.given(event);
+    }
+    assert_eq!(
+        s.state.needs[&id("n1")].status,
+        muster_matching::state::NeedStatus::Withdrawn
+    );
+    assert_eq!(
+        round(&s.state).cancelled,
+        vec![(a1, CancelReason::NeedWithdrawn)]
+    );
+    s.round_applied();
+    assert_eq!(
+        s.state.needs[&id("n1")].status,
+        muster_matching::state::NeedStatus::Withdrawn
+    );
+    s.need("n2", need(3));
+    assert_eq!(s.then(), vec![pair("n2", "vol-a")], "vol-a is free again");
+}
+
 #[test]
 fn urgency_decides_who_gets_the_last_volunteer() {
     let mut s = Scenario::new();

@@ -615,7 +615,11 @@ fn proposed<R: Read + ?Sized>(
     }
     let mut need = get_need(tx, &e.need)?;
     let mut offer = get_offer(tx, &e.offer)?;
-    if !need.status.is_open() || need.status == NeedStatus::Proposed {
+    // The matcher decides a round on the log as of its cut: a need withdrawn after the cut and
+    // before the round's events were appended is still proposed. The assignment stands until
+    // the engine's next round cancels it; the need stays withdrawn and does not follow it.
+    let withdrawn = need.status == NeedStatus::Withdrawn;
+    if !withdrawn && (!need.status.is_open() || need.status == NeedStatus::Proposed) {
         return refuse(format!(
             "need {} is {}, not open for a proposal",
             e.need,
@@ -624,11 +628,13 @@ fn proposed<R: Read + ?Sized>(
     }
     let inc = &env.incident;
     need_out(tx, &e.need, &need)?;
-    need.status = NeedStatus::Proposed;
-    need.current_assignment = Some(e.assignment);
+    if !withdrawn {
+        need.status = NeedStatus::Proposed;
+        need.current_assignment = Some(e.assignment);
+    }
     need.assignments += 1;
     need.last_seq = seq;
-    if need.first_matched_at.is_none() {
+    if !withdrawn && need.first_matched_at.is_none() {
         need.first_matched_at = Some(env.recorded_at);
         let b = counters::bucket(ms_between(need.reported_at, env.recorded_at));
         tx.add(

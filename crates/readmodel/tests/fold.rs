@@ -168,6 +168,36 @@ impl Log {
         ids
     }
 
+    /// Cuts a round with the real engine on the state as it is now, without appending it: the
+    /// matcher deciding while other events reach the log. Append it with [`Log::append`].
+    fn cut(&self) -> Vec<Event> {
+        let r = muster_matching::round(&self.state);
+        muster_matching::round::round_events(&self.state, &incident(), &r)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// Appends a round cut before; returns its proposals' assignment ids.
+    fn append(&mut self, round: Vec<Event>) -> Vec<EntityId> {
+        let mut ids = Vec::new();
+        for event in round {
+            if let Event::AssignmentProposedV1(p) = &event {
+                ids.push(p.assignment);
+            }
+            self.event("A1", event);
+        }
+        ids
+    }
+
+    /// The set-aside events.
+    fn set_aside(store: &MemStore) -> Vec<SetAsideRecord> {
+        store
+            .cf(Cf::SetAside)
+            .map(|(_, v)| postcard::from_bytes(v).expect("decodes"))
+            .collect()
+    }
+
     fn respond(&mut self, assignment: EntityId, response: Response) -> &mut Self {
         self.event(
             "A1",
@@ -318,6 +348,52 @@ fn a_withdrawn_need_cancels_without_reopening() {
     assert_eq!(counter(&store, "assignment.cancelled"), 1);
     assert_eq!(counter(&store, "need.withdrawn"), 1);
     assert_eq!(counter(&store, "need.proposed"), 0);
+}
+
+/// The matcher decides a round on the log as of its cut; a need withdrawn before the round's
+/// events are appended is still proposed. The proposal is applied (the volunteer may even
+/// answer it) and the engine's next round cancels it; the need stays withdrawn throughout.
+#[test]
+fn a_proposal_decided_before_its_need_was_withdrawn_is_applied_then_cancelled() {
+    let mut log = Log::new();
+    log.need("n1", 2, false).offer("o1", "vol-1");
+    let round = log.cut();
+    log.event(
+        "A1",
+        Event::NeedWithdrawnV1(NeedWithdrawnV1 {
+            need: id("n1"),
+            reason: "helped by family".into(),
+        }),
+    );
+    let proposed = log.append(round);
+    assert_eq!(proposed.len(), 1);
+    log.respond(proposed[0], Response::Accept);
+    let store = log.fold();
+    assert_eq!(
+        Log::set_aside(&store),
+        vec![],
+        "nothing the engine decided is refused"
+    );
+    assert_eq!(need_of(&store, "n1").status, NeedStatus::Withdrawn);
+    assert!(open_needs(&store).is_empty());
+    assert_eq!(counter(&store, "assignment.accepted"), 1);
+    assert_eq!(counter(&store, "need.withdrawn"), 1);
+    assert_eq!(counter(&store, "need.accepted"), 0);
+
+    // The engine's next round cancels it, and the offer is free again.
+    assert_eq!(log.round(), vec![]);
+    let store = log.fold();
+    assert_eq!(Log::set_aside(&store), vec![]);
+    assert_eq!(need_of(&store, "n1").status, NeedStatus::Withdrawn);
+    assert_eq!(counter(&store, "assignment.cancelled"), 1);
+    assert_eq!(counter(&store, "assignment.accepted"), 0);
+    let offer: OfferRecord = Tx::new(&store)
+        .get_rec(Cf::Offers, &id("o1").0)
+        .expect("decodes")
+        .expect("offer stored");
+    assert_eq!(offer.active_assignments, 0);
+    log.need("n2", 2, false);
+    assert_eq!(log.round().len(), 1, "vol-1 is free for the next need");
 }
 
 #[test]
@@ -472,6 +548,8 @@ mod properties {
         WithdrawOffer(u8),
         Later(u8),
         Garbage,
+        /// The matcher cuts a round here and appends it after the next step.
+        Cut,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -485,13 +563,23 @@ mod properties {
             1 => (0u8..8).prop_map(Step::WithdrawOffer),
             1 => (1u8..120).prop_map(Step::Later),
             1 => Just(Step::Garbage),
+            2 => Just(Step::Cut),
         ]
     }
 
     fn play(steps: &[Step]) -> Log {
         let mut log = Log::new();
         let mut proposed: Vec<EntityId> = Vec::new();
+        // A round cut and not yet appended: the next step's events land before it.
+        let mut cut: Option<Vec<Event>> = None;
         for s in steps {
+            let mut appending = cut.take();
+            if matches!(s, Step::Round | Step::Cut)
+                && let Some(round) = appending.take()
+            {
+                // The matcher cuts one round at a time: the last one's events come back first.
+                proposed.extend(log.append(round));
+            }
             match s {
                 Step::Need(n, u, v) => {
                     // Re-reporting is set aside by the fold (creation is guarded on the log).
@@ -546,9 +634,34 @@ mod properties {
                 Step::Garbage => {
                     log.garbage(&[9, 9, 9]);
                 }
+                Step::Cut => cut = Some(log.cut()),
+            }
+            if let Some(round) = appending {
+                proposed.extend(log.append(round));
             }
         }
+        if let Some(round) = cut {
+            proposed.extend(log.append(round));
+        }
         log
+    }
+
+    /// Every proposal the engine made is applied: the matcher and the read models agree on
+    /// which assignments exist.
+    fn proposals_applied(log: &Log, store: &MemStore) {
+        let aside: Vec<u64> = Log::set_aside(store).iter().map(|r| r.seq).collect();
+        for (seq, _, env) in &log.items {
+            if let Ok(env) = env
+                && let Event::AssignmentProposedV1(p) = &env.event
+            {
+                assert!(
+                    !aside.contains(seq),
+                    "proposal {} at {seq} set aside: {:?}",
+                    p.assignment,
+                    Log::set_aside(store)
+                );
+            }
+        }
     }
 
     /// The counters and indexes, recomputed from the records alone.
@@ -688,7 +801,9 @@ mod properties {
         #[test]
         fn counters_and_indexes_agree_with_the_records(steps in prop::collection::vec(step(), 1..60)) {
             let log = play(&steps);
-            recount(&log.fold());
+            let store = log.fold();
+            recount(&store);
+            proposals_applied(&log, &store);
         }
 
         #[test]
