@@ -658,15 +658,33 @@ impl State {
                         a.status = AssignmentStatus::Accepted;
                     }
                 }
-                Response::Decline => {
+                // An answer only to a proposal no one has answered (as the read models take
+                // it; intake refuses any other).
+                Response::Decline
+                    if self
+                        .assignments
+                        .get(&e.assignment)
+                        .is_some_and(|a| matches!(a.status, AssignmentStatus::Pending { .. })) =>
+                {
                     if let Some(a) = self.release(&e.assignment) {
                         let provider = self.provider_slot_of(&a.provider);
                         self.declined.entry(a.need).or_default().insert(provider);
                         self.set_status(&a.need, NeedStatus::Open);
                     }
                 }
+                Response::Decline => {}
             },
-            Event::AssignmentExpiredV1(e) => self.reopen(&e.assignment),
+            // An expiry decided at a round's cut is void if the volunteer answered before it
+            // was appended: the answer stands.
+            Event::AssignmentExpiredV1(e) => {
+                if self
+                    .assignments
+                    .get(&e.assignment)
+                    .is_some_and(|a| matches!(a.status, AssignmentStatus::Pending { .. }))
+                {
+                    self.reopen(&e.assignment);
+                }
+            }
             Event::AssignmentCancelledV1(e) => {
                 if e.reason == CancelReason::NeedWithdrawn {
                     self.release(&e.assignment);

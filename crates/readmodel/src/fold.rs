@@ -751,6 +751,20 @@ fn assignment_moved<R: Read + ?Sized>(
         _ => a.status.is_active(),
     };
     if !allowed {
+        // The matcher decides expiries and cancellations at a round's cut; an answer or a
+        // completion that reached the log before the round's events were appended stands,
+        // and the decision is void (as the matcher's state takes it).
+        if matches!(
+            env.event,
+            Event::AssignmentExpiredV1(_) | Event::AssignmentCancelledV1(_)
+        ) {
+            let mut fx = Effects::none();
+            fx.touch(
+                HistoryOf::Entity(&id),
+                format!("{} void: already {}", to.name(), a.status.name()),
+            );
+            return Ok(fx);
+        }
         return refuse(format!(
             "assignment {id} is {}; it cannot become {}",
             a.status.name(),

@@ -396,6 +396,54 @@ fn a_proposal_decided_before_its_need_was_withdrawn_is_applied_then_cancelled() 
     assert_eq!(log.round().len(), 1, "vol-1 is free for the next need");
 }
 
+/// A volunteer's answer that reached the log after a round's cut and before its events stands:
+/// the round's expiry of that proposal is void.
+#[test]
+fn an_answer_that_beat_a_rounds_expiry_stands() {
+    let mut log = Log::new();
+    log.need("n1", 2, false)
+        .offer("o1", "vol-1")
+        .offer("o2", "vol-2");
+    let first = log.round();
+    assert_eq!(first.len(), 1);
+    // Past the policy's hour to answer: the next round expires the proposal.
+    log.later(61 * MIN).event(
+        "_",
+        Event::TickV1(TickV1 {
+            incident: incident(),
+        }),
+    );
+    let round = log.cut();
+    assert!(
+        round
+            .iter()
+            .any(|e| matches!(e, Event::AssignmentExpiredV1(x) if x.assignment == first[0])),
+        "the round expires it"
+    );
+    log.respond(first[0], Response::Accept);
+    let again = log.append(round);
+    let store = log.fold();
+    assert_eq!(Log::set_aside(&store), vec![]);
+    let a: AssignmentRecord = Tx::new(&store)
+        .get_rec(Cf::Assignments, &first[0].0)
+        .expect("decodes")
+        .expect("stored");
+    assert_eq!(a.status, AssignmentStatus::Accepted, "the answer stands");
+    assert_eq!(need_of(&store, "n1").status, NeedStatus::Accepted);
+    assert_eq!(need_of(&store, "n1").current_assignment, Some(first[0]));
+    assert_eq!(counter(&store, "assignment.expired"), 0);
+    assert_eq!(
+        again,
+        vec![],
+        "a need its round releases waits for the next round"
+    );
+    // The next round leaves the accepted assignment be.
+    assert_eq!(log.round(), vec![]);
+    let store = log.fold();
+    assert_eq!(Log::set_aside(&store), vec![]);
+    assert_eq!(need_of(&store, "n1").status, NeedStatus::Accepted);
+}
+
 #[test]
 fn providers_never_offered_a_task_are_counted() {
     let mut log = Log::new();
@@ -646,18 +694,25 @@ mod properties {
         log
     }
 
-    /// Every proposal the engine made is applied: the matcher and the read models agree on
-    /// which assignments exist.
-    fn proposals_applied(log: &Log, store: &MemStore) {
+    /// Every event of the engine's rounds is applied, whatever landed between a round's cut
+    /// and its append: the matcher and the read models agree on which assignments exist.
+    fn rounds_applied(log: &Log, store: &MemStore) {
         let aside: Vec<u64> = Log::set_aside(store).iter().map(|r| r.seq).collect();
         for (seq, _, env) in &log.items {
             if let Ok(env) = env
-                && let Event::AssignmentProposedV1(p) = &env.event
+                && matches!(
+                    env.event,
+                    Event::AssignmentProposedV1(_)
+                        | Event::AssignmentExpiredV1(_)
+                        | Event::AssignmentCancelledV1(_)
+                        | Event::RoundRecordedV1(_)
+                        | Event::RoundRecordedV2(_)
+                )
             {
                 assert!(
                     !aside.contains(seq),
-                    "proposal {} at {seq} set aside: {:?}",
-                    p.assignment,
+                    "{} at {seq} set aside: {:?}",
+                    env.event.type_name(),
                     Log::set_aside(store)
                 );
             }
@@ -803,7 +858,7 @@ mod properties {
             let log = play(&steps);
             let store = log.fold();
             recount(&store);
-            proposals_applied(&log, &store);
+            rounds_applied(&log, &store);
         }
 
         #[test]

@@ -268,7 +268,11 @@ pub fn check(
                         ));
                     }
                 }
-                *status = Status::Proposed;
+                // A need withdrawn after the round's cut stays withdrawn (the next round
+                // cancels the proposal).
+                if *status != Status::Withdrawn {
+                    *status = Status::Proposed;
+                }
                 *offer_load.entry(p.offer).or_default() += party;
                 *provider_load.entry(p.volunteer.clone()).or_default() += 1;
                 need_live.insert(p.need, p.assignment);
@@ -292,7 +296,8 @@ pub fn check(
                         }
                     }
                 }
-                Response::Decline => {
+                // An answer counts only for a proposal not yet answered (intake refuses others).
+                Response::Decline if live.get(&r.assignment).is_some_and(|l| !l.accepted) => {
                     if let Some(l) = end(
                         &r.assignment,
                         &mut live,
@@ -307,6 +312,7 @@ pub fn check(
                         }
                     }
                 }
+                Response::Decline => {}
             },
             Event::AssignmentCompletedV1(c) => {
                 if let Some(l) = end(
@@ -320,6 +326,9 @@ pub fn check(
                     n.1 = Status::Completed;
                 }
             }
+            // An expiry decided at a round's cut is void once the volunteer has answered.
+            Event::AssignmentExpiredV1(AssignmentExpiredV1 { assignment, .. })
+                if live.get(assignment).is_none_or(|l| l.accepted) => {}
             Event::AssignmentExpiredV1(AssignmentExpiredV1 { assignment, .. })
             | Event::AssignmentCancelledV1(AssignmentCancelledV1 { assignment, .. }) => {
                 if let Some(l) = end(
@@ -709,6 +718,28 @@ mod tests {
             .need("n1", 1, vec![])
             .propose("a1", "n1", "o1", "ann")
             .propose("a2", "n1", "o2", "bob");
+        let got = check(&log.events, &design(&[("n1", None)]));
+        assert!(!verdict(&got, "one live assignment per need").held);
+    }
+
+    #[test]
+    fn an_expiry_after_the_answer_is_void_and_the_assignment_stays_live() {
+        let mut log = Log::new();
+        log.offer("o1", "ann", 1)
+            .offer("o2", "bob", 1)
+            .need("n1", 1, vec![])
+            .propose("a1", "n1", "o1", "ann")
+            .respond("a1", Response::Accept);
+        log.push(Event::AssignmentExpiredV1(AssignmentExpiredV1 {
+            assignment: id("a1"),
+            round_through_seq: 1,
+        }));
+        let got = check(&log.events, &design(&[("n1", None)]));
+        for i in &got {
+            assert!(i.held, "{i:?}");
+        }
+        // Still live: proposing its need again is a second live assignment.
+        log.propose("a2", "n1", "o2", "bob");
         let got = check(&log.events, &design(&[("n1", None)]));
         assert!(!verdict(&got, "one live assignment per need").held);
     }
