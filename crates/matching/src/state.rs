@@ -477,15 +477,22 @@ impl State {
         Some(a)
     }
 
+    /// Moves `need` to `to` if `assignment` is what it is assigned to: a need withdrawn (or
+    /// given to another assignment) meanwhile does not follow an assignment that ends.
+    fn follow(&mut self, need: &EntityId, assignment: EntityId, to: NeedStatus) {
+        if self
+            .needs
+            .get(need)
+            .is_some_and(|n| n.status == NeedStatus::Assigned(assignment))
+        {
+            self.set_status(need, to);
+        }
+    }
+
     /// Ends an assignment and opens its need to be matched again.
     fn reopen(&mut self, assignment: &EntityId) {
-        if let Some(a) = self.release(assignment)
-            && self
-                .needs
-                .get(&a.need)
-                .is_some_and(|n| n.status == NeedStatus::Assigned(*assignment))
-        {
-            self.set_status(&a.need, NeedStatus::Open);
+        if let Some(a) = self.release(assignment) {
+            self.follow(&a.need, *assignment, NeedStatus::Open);
         }
     }
 
@@ -669,7 +676,8 @@ impl State {
                     if let Some(a) = self.release(&e.assignment) {
                         let provider = self.provider_slot_of(&a.provider);
                         self.declined.entry(a.need).or_default().insert(provider);
-                        self.set_status(&a.need, NeedStatus::Open);
+                        // A need withdrawn meanwhile stays withdrawn.
+                        self.follow(&a.need, e.assignment, NeedStatus::Open);
                     }
                 }
                 Response::Decline => {}
@@ -694,7 +702,7 @@ impl State {
             }
             Event::AssignmentCompletedV1(e) => {
                 if let Some(a) = self.release(&e.assignment) {
-                    self.set_status(&a.need, NeedStatus::Completed);
+                    self.follow(&a.need, e.assignment, NeedStatus::Completed);
                 }
             }
         }

@@ -721,6 +721,32 @@ fn a_need_withdrawn_while_its_round_was_decided_stays_withdrawn_and_its_proposal
     assert_eq!(s.then(), vec![pair("n2", "vol-a")], "vol-a is free again");
 }
 
+/// A volunteer may answer a proposal after its need was withdrawn and before the next round
+/// cancels it: a decline does not reopen the need, and nothing is proposed for it again.
+#[test]
+fn declining_a_proposal_whose_need_was_withdrawn_does_not_reopen_it() {
+    let mut s = Scenario::new();
+    s.need("n1", need(3))
+        .offer("o1", "vol-a", offer())
+        .offer("o2", "vol-b", offer());
+    s.round_applied();
+    let a1 = *s.state.assignments.keys().next().expect("proposed");
+    s.given(Event::NeedWithdrawnV1(NeedWithdrawnV1 {
+        need: id("n1"),
+        reason: String::new(),
+    }));
+    s.given(Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+        assignment: a1,
+        response: Response::Decline,
+        reason: String::new(),
+    }));
+    assert_eq!(
+        s.state.needs[&id("n1")].status,
+        muster_matching::state::NeedStatus::Withdrawn
+    );
+    assert_eq!(s.then(), vec![], "no one is asked to meet a withdrawn need");
+}
+
 #[test]
 fn urgency_decides_who_gets_the_last_volunteer() {
     let mut s = Scenario::new();

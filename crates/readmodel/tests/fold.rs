@@ -850,6 +850,36 @@ mod properties {
         assert_eq!(by_status, proposals);
     }
 
+    /// The matcher's state and the read models, each a fold of the same log, agree on which
+    /// assignments are live and which needs are open.
+    fn matcher_agrees(log: &Log, store: &MemStore) {
+        use muster_matching::state::NeedStatus as M;
+        for (k, v) in store.cf(Cf::Assignments) {
+            let id = keys::trailing_id(k).expect("id");
+            let a: AssignmentRecord = postcard::from_bytes(v).expect("decodes");
+            assert_eq!(
+                a.status.is_active(),
+                log.state.assignments.contains_key(&id),
+                "assignment {id}: {} in the read models",
+                a.status.name()
+            );
+        }
+        for (k, v) in store.cf(Cf::Needs) {
+            let id = keys::trailing_id(k).expect("id");
+            let n: NeedRecord = postcard::from_bytes(v).expect("decodes");
+            let m = log.state.needs.get(&id).map(|n| n.status);
+            assert_eq!(
+                n.status == NeedStatus::Open,
+                m == Some(M::Open),
+                "need {id}: {} in the read models, {m:?} in the matcher",
+                n.status.name()
+            );
+            if let Some(M::Assigned(a)) = m {
+                assert_eq!(n.current_assignment, Some(a), "need {id}");
+            }
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -859,6 +889,7 @@ mod properties {
             let store = log.fold();
             recount(&store);
             rounds_applied(&log, &store);
+            matcher_agrees(&log, &store);
         }
 
         #[test]
