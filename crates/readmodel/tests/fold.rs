@@ -598,6 +598,12 @@ mod properties {
         Garbage,
         /// The matcher cuts a round here and appends it after the next step.
         Cut,
+        /// A need's new description: its urgency, and whether it now asks for an enhanced
+        /// criminal-record check.
+        UpdateNeed(u8, u8, bool),
+        /// An enhanced check for a volunteer, and its revocation.
+        Verify(u8, u8),
+        Revoke(u8),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -612,6 +618,9 @@ mod properties {
             1 => (1u8..120).prop_map(Step::Later),
             1 => Just(Step::Garbage),
             2 => Just(Step::Cut),
+            1 => (0u8..12, 1u8..=5, any::<bool>()).prop_map(|(n, u, v)| Step::UpdateNeed(n, u, v)),
+            1 => (0u8..6, 0u8..5).prop_map(|(c, v)| Step::Verify(c, v)),
+            1 => (0u8..6).prop_map(Step::Revoke),
         ]
     }
 
@@ -683,6 +692,45 @@ mod properties {
                     log.garbage(&[9, 9, 9]);
                 }
                 Step::Cut => cut = Some(log.cut()),
+                Step::UpdateNeed(n, u, vetted) => {
+                    let mut spec = need_spec(u32::from(*u), 53.96, false);
+                    if *vetted {
+                        spec.required_verifications =
+                            vec![VerificationKind::CriminalRecordEnhanced];
+                    }
+                    log.event(
+                        "A1",
+                        Event::NeedUpdatedV1(NeedUpdatedV1 {
+                            need: id(&format!("n{n}")),
+                            spec,
+                            personal: Personal::None,
+                        }),
+                    );
+                }
+                Step::Verify(c, v) => {
+                    log.event(
+                        "_",
+                        Event::VerificationRecordedV1(VerificationRecordedV1 {
+                            verification: id(&format!("c{c}")),
+                            reference: Reference::parse("r", &format!("c{c}")).expect("valid"),
+                            person: person(&format!("vol-{v}")),
+                            kind: VerificationKind::CriminalRecordEnhanced,
+                            issuer: AgencyId::parse("i", "dbs").expect("valid"),
+                            issued_at: Timestamp(T0 - 60 * MIN),
+                            expires_at: None,
+                            personal: Personal::None,
+                        }),
+                    );
+                }
+                Step::Revoke(c) => {
+                    log.event(
+                        "_",
+                        Event::VerificationRevokedV1(VerificationRevokedV1 {
+                            verification: id(&format!("c{c}")),
+                            reason: "barred".into(),
+                        }),
+                    );
+                }
             }
             if let Some(round) = appending {
                 proposed.extend(log.append(round));
