@@ -138,6 +138,18 @@ pub fn eligible<'a>(
     Ok(d)
 }
 
+/// Whether an offer still serves a need it was matched to, after either changed: the kind of
+/// help and skills, `room` for the party (the offer's capacity not committed to its other
+/// assignments), a common time, and the need within the offer's own reach. (The policy's
+/// limits and the volunteer's load apply to new matches only.)
+pub fn still_fits(need: &NeedSpecV1, offer: &OfferSpecV1, room: u32) -> bool {
+    offer.kinds.contains(&need.category)
+        && skills_cover(&offer.skills, &need.required_skills)
+        && room >= u32::from(need.party_size)
+        && offer.availability.iter().any(|w| w.overlaps(&need.window))
+        && geo::distance_m(&need.location, &offer.location) <= offer.travel_radius_m
+}
+
 /// An eligible pair's score and its parts (each already weighted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Score {

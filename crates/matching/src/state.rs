@@ -277,10 +277,12 @@ impl State {
     }
 
     /// Why a live assignment can no longer stand at the log's time, if it cannot: its need or
-    /// offer withdrawn, or a verification its need requires no longer held.
+    /// offer withdrawn, a verification its need requires no longer held, or either changed so
+    /// that the offer no longer serves the need.
     pub fn cancel_reason(&self, a: &Assignment) -> Option<CancelReason> {
         let need = self.needs.get(&a.need);
-        let offer_gone = self.offer(&a.offer).is_none_or(|o| o.withdrawn);
+        let offer = self.offer(&a.offer);
+        let offer_gone = offer.is_none_or(|o| o.withdrawn);
         match need {
             Some(n) if n.status == NeedStatus::Withdrawn => Some(CancelReason::NeedWithdrawn),
             _ if offer_gone => Some(CancelReason::OfferWithdrawn),
@@ -293,7 +295,14 @@ impl State {
             {
                 Some(CancelReason::VerificationLost)
             }
-            _ => None,
+            Some(n) => offer
+                .filter(|o| {
+                    let room = u32::from(o.spec.capacity)
+                        .saturating_sub(o.committed.saturating_sub(a.party));
+                    !rules::still_fits(&n.spec, &o.spec, room)
+                })
+                .map(|_| CancelReason::NoLongerFits),
+            None => None,
         }
     }
 
@@ -577,6 +586,7 @@ impl State {
                 let provider = o.provider;
                 let class = self.class_of(provider);
                 self.index.insert(slot, &e.spec, class);
+                self.assess_all(self.live_by_offer.get(&e.offer).cloned());
             }
             Event::OfferWithdrawnV1(e) => {
                 if let Some(&slot) = self.offer_slot.get(&e.offer) {

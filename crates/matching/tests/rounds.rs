@@ -747,6 +747,65 @@ fn declining_a_proposal_whose_need_was_withdrawn_does_not_reopen_it() {
     assert_eq!(s.then(), vec![], "no one is asked to meet a withdrawn need");
 }
 
+/// A live assignment whose need or offer changes so that the offer no longer serves the need
+/// (a family grown beyond the host's room, an offer cut back) is cancelled by the next round,
+/// and the need is matched again where it fits. A change that still fits cancels nothing.
+#[test]
+fn an_assignment_its_need_or_offer_no_longer_fits_is_cancelled() {
+    let mut s = Scenario::new();
+    s.need("n1", need(3)).offer("o1", "vol-a", offer());
+    s.round_applied();
+    let live = |s: &Scenario| *s.state.assignments.keys().next().expect("live");
+    let a1 = live(&s);
+    s.offer(
+        "o2",
+        "vol-b",
+        OfferSpecV1 {
+            capacity: 4,
+            ..offer()
+        },
+    );
+    let update = |s: &mut Scenario, party_size: u16, urgency: u32| {
+        s.given(Event::NeedUpdatedV1(NeedUpdatedV1 {
+            need: id("n1"),
+            spec: NeedSpecV1 {
+                party_size,
+                ..need(urgency)
+            },
+            personal: Personal::None,
+        }));
+    };
+    update(&mut s, 1, 5);
+    assert_eq!(
+        round(&s.state).cancelled,
+        vec![],
+        "a more urgent need still fits"
+    );
+    update(&mut s, 3, 5);
+    assert_eq!(
+        round(&s.state).cancelled,
+        vec![(a1, CancelReason::NoLongerFits)],
+        "three people for a room for one"
+    );
+    s.round_applied();
+    assert_eq!(s.then(), vec![pair("n1", "vol-b")]);
+    s.round_applied();
+    let a2 = live(&s);
+    s.given(Event::OfferUpdatedV1(OfferUpdatedV1 {
+        offer: id("o2"),
+        spec: OfferSpecV1 {
+            capacity: 2,
+            ..offer()
+        },
+        personal: Personal::None,
+    }));
+    assert_eq!(
+        round(&s.state).cancelled,
+        vec![(a2, CancelReason::NoLongerFits)],
+        "the host now has room for two"
+    );
+}
+
 #[test]
 fn urgency_decides_who_gets_the_last_volunteer() {
     let mut s = Scenario::new();

@@ -598,9 +598,9 @@ mod properties {
         Garbage,
         /// The matcher cuts a round here and appends it after the next step.
         Cut,
-        /// A need's new description: its urgency, and whether it now asks for an enhanced
-        /// criminal-record check.
-        UpdateNeed(u8, u8, bool),
+        /// A need's new description: its urgency, whether it now asks for an enhanced
+        /// criminal-record check, and its party (two: beyond every offer's room).
+        UpdateNeed(u8, u8, bool, u8),
         /// An enhanced check for a volunteer, and its revocation.
         Verify(u8, u8),
         Revoke(u8),
@@ -618,7 +618,8 @@ mod properties {
             1 => (1u8..120).prop_map(Step::Later),
             1 => Just(Step::Garbage),
             2 => Just(Step::Cut),
-            1 => (0u8..12, 1u8..=5, any::<bool>()).prop_map(|(n, u, v)| Step::UpdateNeed(n, u, v)),
+            1 => (0u8..12, 1u8..=5, any::<bool>(), 1u8..=2)
+                .prop_map(|(n, u, v, p)| Step::UpdateNeed(n, u, v, p)),
             1 => (0u8..6, 0u8..5).prop_map(|(c, v)| Step::Verify(c, v)),
             1 => (0u8..6).prop_map(Step::Revoke),
         ]
@@ -692,8 +693,9 @@ mod properties {
                     log.garbage(&[9, 9, 9]);
                 }
                 Step::Cut => cut = Some(log.cut()),
-                Step::UpdateNeed(n, u, vetted) => {
+                Step::UpdateNeed(n, u, vetted, party) => {
                     let mut spec = need_spec(u32::from(*u), 53.96, false);
+                    spec.party_size = u16::from(*party);
                     if *vetted {
                         spec.required_verifications =
                             vec![VerificationKind::CriminalRecordEnhanced];

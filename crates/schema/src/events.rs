@@ -245,6 +245,10 @@ pub enum CancelReason {
     OfferWithdrawn,
     /// A verification the need requires is no longer held (revoked or expired).
     VerificationLost,
+    /// The need or the offer changed and the offer no longer serves the need: another kind of
+    /// help or skills, a party beyond the offer's room, no common time, out of reach. (Added
+    /// after the others: their encodings are unchanged.)
+    NoLongerFits,
 }
 
 /// An assignment was cancelled; unless its need was withdrawn, the need is open again.
