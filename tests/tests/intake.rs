@@ -299,59 +299,81 @@ async fn every_command_lands_as_its_event() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
-#[tokio::test]
-async fn volunteers_respond_to_and_complete_assignments() {
-    let (nats, _intake, mut c) = setup().await;
-    let need = c
-        .report_need(req(report("n1", "case-1")))
-        .await
-        .expect("need")
-        .into_inner();
-    let off = c
-        .register_offer(req(offer("o1", "row-1")))
-        .await
-        .expect("offer")
-        .into_inner();
-    // Assignments are proposed by the matcher; append one as it would.
-    let (client, stream) = nats.log().await;
+/// Appends `event` to the log as the matcher would (its decisions do not go through intake).
+async fn as_matcher(nats: &Nats, msg_id: &str, event: Event) -> u64 {
+    let (client, _) = nats.log().await;
     let (appender, _) = muster_log::Appender::start(client, Default::default());
-    let assignment = muster_schema::EntityId([0x5a; 16]);
     let env = Envelope {
         schema_version: muster_schema::ENVELOPE_VERSION,
-        event_id: muster_schema::EntityId([1; 16]),
+        event_id: muster_schema::EntityId::hash(&[msg_id.as_bytes()]),
         incident: muster_schema::IncidentId::parse("i", INCIDENT).expect("valid"),
         partition: muster_schema::PartitionCode::parse("p", "E06000014").expect("valid"),
         recorded_at: muster_schema::Timestamp(T0 * 1_000_000),
         actor: muster_schema::AgencyId::parse("a", "muster").expect("valid"),
-        idempotency_key: "round-1".into(),
-        correlation_id: "round-1".into(),
+        idempotency_key: msg_id.into(),
+        correlation_id: msg_id.into(),
         causation_id: None,
-        event: Event::AssignmentProposedV1(AssignmentProposedV1 {
-            assignment,
-            need: muster_schema::EntityId::parse("n", &need.entity_id).expect("hex"),
-            offer: muster_schema::EntityId::parse("o", &off.entity_id).expect("hex"),
-            volunteer: muster_schema::PersonId::parse("v", "vol-1").expect("valid"),
-            round_through_seq: off.sequence,
-            policy_version: 1,
-            distance_m: 6_000,
-            score: ScoreV1 {
-                total: 10,
-                urgency: 4,
-                waiting: 3,
-                distance: 2,
-                fairness: 1,
-            },
-        }),
+        event,
     };
     appender
         .append(vec![muster_log::Outgoing {
             subject: muster_schema::subject::for_envelope(&env),
             payload: env.encode().into(),
-            msg_id: "muster:round-1#0".into(),
+            msg_id: format!("muster:{msg_id}"),
             expect: muster_log::Expect::Anything,
         }])
         .await
-        .expect("propose");
+        .expect("appended as the matcher")
+        .first_seq
+}
+
+/// The matcher's proposal of `offer` for `need` to vol-1.
+fn proposal(
+    assignment: muster_schema::EntityId,
+    need: &pb::AppendReply,
+    offer: &pb::AppendReply,
+) -> Event {
+    Event::AssignmentProposedV1(AssignmentProposedV1 {
+        assignment,
+        need: muster_schema::EntityId::parse("n", &need.entity_id).expect("hex"),
+        offer: muster_schema::EntityId::parse("o", &offer.entity_id).expect("hex"),
+        volunteer: muster_schema::PersonId::parse("v", "vol-1").expect("valid"),
+        round_through_seq: offer.sequence,
+        policy_version: 1,
+        distance_m: 6_000,
+        score: ScoreV1 {
+            total: 10,
+            urgency: 4,
+            waiting: 3,
+            distance: 2,
+            fairness: 1,
+        },
+    })
+}
+
+/// A need (case-1) and an offer (row-1), for the matcher to propose.
+async fn need_and_offer(c: &mut IntakeClient<Channel>) -> (pb::AppendReply, pb::AppendReply) {
+    let need = c
+        .report_need(req(report("n1", "case-1")))
+        .await
+        .expect("need")
+        .into_inner();
+    let offer = c
+        .register_offer(req(offer("o1", "row-1")))
+        .await
+        .expect("offer")
+        .into_inner();
+    (need, offer)
+}
+
+#[tokio::test]
+async fn volunteers_respond_to_and_complete_assignments() {
+    let (nats, _intake, mut c) = setup().await;
+    let (need, off) = need_and_offer(&mut c).await;
+    // Assignments are proposed by the matcher; append one as it would.
+    let assignment = muster_schema::EntityId([0x5a; 16]);
+    as_matcher(&nats, "round-1#0", proposal(assignment, &need, &off)).await;
+    let (_, stream) = nats.log().await;
 
     let complete = |key: &str| pb::CompleteAssignmentRequest {
         idempotency_key: key.into(),
@@ -406,6 +428,63 @@ async fn volunteers_respond_to_and_complete_assignments() {
         .map(|(_, _, e)| e.event.type_name())
         .collect();
     assert_eq!(tail, ["AssignmentCompleted", "VolunteerResponded"]);
+}
+
+/// A round's expiry is decided at its cut; a volunteer's acceptance that reached the log before
+/// the round's events were appended stands (the expiry is void), so they can complete the task.
+/// A proposal that did expire unanswered cannot be answered any more.
+#[tokio::test]
+async fn an_acceptance_that_beat_a_rounds_expiry_can_be_completed() {
+    let (nats, _intake, mut c) = setup().await;
+    let (need, off) = need_and_offer(&mut c).await;
+    let (a, b) = (
+        muster_schema::EntityId([0x5a; 16]),
+        muster_schema::EntityId([0x5b; 16]),
+    );
+    as_matcher(&nats, "round-1#0", proposal(a, &need, &off)).await;
+    let respond = |key: &str, assignment: muster_schema::EntityId| pb::RespondToAssignmentRequest {
+        idempotency_key: key.into(),
+        incident: INCIDENT.into(),
+        assignment_id: assignment.to_hex(),
+        response: pb::AssignmentResponse::Accept as i32,
+        reason: String::new(),
+    };
+    c.respond_to_assignment(req(respond("r1", a)))
+        .await
+        .expect("accept");
+    let expire = |assignment| {
+        Event::AssignmentExpiredV1(AssignmentExpiredV1 {
+            assignment,
+            round_through_seq: off.sequence,
+        })
+    };
+    as_matcher(&nats, "round-2#0", expire(a)).await;
+    let err = c
+        .respond_to_assignment(req(respond("r2", a)))
+        .await
+        .expect_err("answered already: the expiry was void");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    c.complete_assignment(req(pb::CompleteAssignmentRequest {
+        idempotency_key: "c1".into(),
+        incident: INCIDENT.into(),
+        assignment_id: a.to_hex(),
+        personal: None,
+    }))
+    .await
+    .expect("the acceptance stands: complete");
+
+    as_matcher(&nats, "round-3#0", proposal(b, &need, &off)).await;
+    as_matcher(&nats, "round-4#0", expire(b)).await;
+    let err = c
+        .respond_to_assignment(req(respond("r3", b)))
+        .await
+        .expect_err("expired unanswered");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("AssignmentExpired"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]

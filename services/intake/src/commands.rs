@@ -282,15 +282,15 @@ pub async fn resolve(
                 same_request(&draft, &last)?;
                 return Ok(Resolved::Duplicate(last));
             }
-            let event = Envelope::decode(&last.payload)
-                .map_err(|e| {
-                    IntakeError::Internal(format!(
-                        "{} has an unreadable last event at {}: {e}",
-                        draft.label(),
-                        last.seq
-                    ))
-                })?
-                .event;
+            let mut event = decode_event(&draft, &last)?;
+            if matches!(requires, Requires::Proposed | Requires::Accepted)
+                && matches!(
+                    event,
+                    Event::AssignmentExpiredV1(_) | Event::AssignmentCancelledV1(_)
+                )
+            {
+                event = deciding_event(&draft, reader).await?;
+            }
             check_state(&draft, *requires, &event)?;
             let partition = subject::partition_of(&last.subject)
                 .and_then(|p| {
@@ -359,6 +359,45 @@ pub fn key_used_before(other: String) -> IntakeError {
             "it was used for another request ({other}): a retry must repeat its request, and a new request needs a new key"
         ),
     }
+}
+
+fn decode_event(draft: &Draft, m: &StoredMessage) -> Result<Event, IntakeError> {
+    Envelope::decode(&m.payload).map(|e| e.event).map_err(|e| {
+        IntakeError::Internal(format!(
+            "{} has an unreadable event at {}: {e}",
+            draft.label(),
+            m.seq
+        ))
+    })
+}
+
+/// The event that decides an assignment's state, as the matcher and the read models fold it:
+/// its last, except that a round's expiry or cancellation is void when an answer or a
+/// completion reached the log first (rounds are decided at their cut and appended after).
+/// Read only when the last event is such a decision: an assignment has a handful of events.
+async fn deciding_event(draft: &Draft, reader: &LogReader) -> Result<Event, IntakeError> {
+    let filter = draft.filter();
+    let mut deciding: Option<Event> = None;
+    let mut from = 1;
+    while let Some(m) = reader.next(&filter, from).await? {
+        from = m.seq + 1;
+        let event = decode_event(draft, &m)?;
+        // Some(true): awaiting an answer; Some(false): accepted; None: ended.
+        let live = match &deciding {
+            Some(Event::AssignmentProposedV1(_)) => Some(true),
+            Some(Event::VolunteerRespondedV1(r)) if r.response == Response::Accept => Some(false),
+            _ => None,
+        };
+        let void = match event {
+            Event::AssignmentExpiredV1(_) => live != Some(true),
+            Event::AssignmentCancelledV1(_) => live.is_none(),
+            _ => false,
+        };
+        if !void {
+            deciding = Some(event);
+        }
+    }
+    deciding.ok_or_else(|| IntakeError::Internal(format!("{} has no events", draft.label())))
 }
 
 fn check_state(draft: &Draft, requires: Requires, last: &Event) -> Result<(), IntakeError> {
