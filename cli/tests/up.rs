@@ -155,6 +155,78 @@ async fn up_serves_stops_cleanly_and_keeps_its_state() {
     second.stop().await;
 }
 
+/// The nats-server `muster up` supervises, by the pid file it writes.
+fn nats_pid(data: &std::path::Path) -> i32 {
+    std::fs::read_to_string(data.join("nats/nats-server.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Killed with SIGKILL (the OOM killer, `kill -9`), `muster up` cannot stop its nats-server,
+/// which keeps running on the store. Started again, muster stops that one before its own
+/// starts, so two servers never share the store, and finds its state; a second `muster up` on
+/// a directory a running one owns is refused.
+#[tokio::test]
+async fn up_after_a_kill_9_stops_the_server_left_behind_and_keeps_its_state() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let dir = data.path().to_str().expect("utf-8 path");
+    let mut first = up(&["--data-dir", dir]).await;
+    let declared = IntakeClient::connect(first.grpc.clone())
+        .await
+        .expect("connect")
+        .declare_incident(req(declare()))
+        .await
+        .expect("declare")
+        .into_inner();
+    let left = nats_pid(data.path());
+    first.child.kill().await.expect("kill -9");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        muster_natsd::running(left),
+        "the supervised nats-server outlives a kill -9"
+    );
+
+    let second = up(&["--data-dir", dir]).await;
+    assert!(
+        !muster_natsd::running(left),
+        "the server left behind was stopped"
+    );
+    assert_ne!(nats_pid(data.path()), left);
+    let again = IntakeClient::connect(second.grpc.clone())
+        .await
+        .expect("connect")
+        .declare_incident(req(declare()))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert!(again.duplicate, "the log survived");
+    assert_eq!(again.sequence, declared.sequence);
+
+    let third = Command::new(env!("CARGO_BIN_EXE_muster"))
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir", dir])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let third = tokio::time::timeout(Duration::from_secs(30), third)
+        .await
+        .expect("exits within 30s")
+        .expect("ran");
+    assert!(!third.status.success());
+    let stderr = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        stderr.contains("is in use by another running muster"),
+        "{stderr}"
+    );
+    assert!(
+        muster_natsd::running(nats_pid(data.path())),
+        "the running one is untouched"
+    );
+    second.stop().await;
+}
+
 #[tokio::test]
 async fn up_uses_an_external_nats_server_when_given_one() {
     let nats = muster_tests::Nats::start().await;
