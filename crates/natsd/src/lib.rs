@@ -138,17 +138,30 @@ impl NodeConfig {
     /// The data directory's lock, held by the process that supervises its server for as long
     /// as it runs (the descriptor is not inherited by the server): released by any death, so
     /// a server still running on an unlocked directory was left behind.
-    fn lock(&self) -> Result<std::fs::File, NatsdError> {
+    ///
+    /// A process killed a moment ago may not have released it yet (a supervisor restarting
+    /// muster at once), so a held lock is retried for [`LOCK_WAIT`].
+    async fn lock(&self) -> Result<std::fs::File, NatsdError> {
         std::fs::create_dir_all(&self.data_dir)?;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(self.data_dir.join("muster.lock"))?;
-        match file.try_lock() {
-            Ok(()) => Ok(file),
-            Err(std::fs::TryLockError::WouldBlock) => Err(NatsdError::InUse(self.data_dir.clone())),
-            Err(std::fs::TryLockError::Error(e)) => Err(e.into()),
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock)
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(NatsdError::InUse(self.data_dir.clone()));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+            }
         }
     }
 }
@@ -214,6 +227,8 @@ async fn stop_left_behind(config: &NodeConfig, conf_path: &Path) {
 }
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a start waits for a data directory's lock (see [`NodeConfig::lock`]).
+const LOCK_WAIT: Duration = Duration::from_secs(3);
 const LOG_LINES_KEPT: usize = 200;
 
 impl NatsServer {
@@ -221,7 +236,7 @@ impl NatsServer {
     pub async fn start(config: NodeConfig) -> Result<Self, NatsdError> {
         check_binary(&config.bin).await?;
         let port = config.port;
-        let lock = config.lock()?;
+        let lock = config.lock().await?;
         Self::spawn(config, port, lock).await
     }
 
