@@ -141,6 +141,34 @@ fn request<T>(s: Scenario, body: T) -> tonic::Request<T> {
     r
 }
 
+/// How long a client keeps sending a request again while Muster is unavailable.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Sends a request (`send` builds and sends it afresh each time) again while Muster answers
+/// UNAVAILABLE (restarting, or the log could not confirm the append), pausing 100 ms doubling
+/// to 2 s, for up to `within`: the same request, so its idempotency key makes the retry safe,
+/// as the API asks of its clients. Any other answer is returned as it is.
+async fn retrying<T, F, Fut>(within: Duration, mut send: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match send().await {
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            answer => return answer,
+        }
+    }
+}
+
 /// A deterministic draw in 0..n from the seed and a string (an assignment's id).
 fn draw(seed: u64, what: &str, salt: u64, n: u64) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed ^ salt.rotate_left(17);
@@ -486,30 +514,30 @@ async fn import(
         .collect();
     let results: Vec<anyhow::Result<(u64, Duration)>> =
         futures::stream::iter(chunks.into_iter().enumerate().map(|(k, items)| {
-            let mut client = IntakeClient::new(channels[k % channels.len()].clone());
+            let client = IntakeClient::new(channels[k % channels.len()].clone());
             let incident = config.incident.clone();
             let s = config.scenario;
             let tracker = tracker.clone();
             async move {
                 let n = items.len() as u64;
                 let sent = Instant::now();
-                let reply = client
-                    .submit_bulk(request(
-                        s,
-                        pb::SubmitBulkRequest {
-                            idempotency_key: format!("{incident}-import-{k}"),
-                            incident,
-                            items: items
-                                .into_iter()
-                                .map(|command| pb::BulkItem {
-                                    command: Some(command),
-                                })
-                                .collect(),
-                        },
-                    ))
-                    .await
-                    .with_context(|| format!("bulk import {k}"))?
-                    .into_inner();
+                let bulk = pb::SubmitBulkRequest {
+                    idempotency_key: format!("{incident}-import-{k}"),
+                    incident,
+                    items: items
+                        .into_iter()
+                        .map(|command| pb::BulkItem {
+                            command: Some(command),
+                        })
+                        .collect(),
+                };
+                let reply = retrying(RETRY_FOR, || {
+                    let (mut client, bulk) = (client.clone(), bulk.clone());
+                    async move { client.submit_bulk(request(s, bulk)).await }
+                })
+                .await
+                .with_context(|| format!("bulk import {k}"))?
+                .into_inner();
                 let last = reply.items.iter().map(|i| i.sequence).max().unwrap_or(0);
                 lock(&tracker).acked(last, n);
                 Ok((n, sent.elapsed()))
@@ -602,7 +630,7 @@ async fn report_needs(
         }
         let items: Vec<(usize, pb::ReportNeedRequest)> =
             (i..j).map(|x| (x, plan.needs[x].request.clone())).collect();
-        let mut client = IntakeClient::new(channels[k % channels.len()].clone());
+        let client = IntakeClient::new(channels[k % channels.len()].clone());
         k += 1;
         let tracker = tracker.clone();
         let latency = latency.clone();
@@ -616,33 +644,38 @@ async fn report_needs(
                 let (x, mut r) = items.into_iter().next().expect("one");
                 r.idempotency_key = format!("{incident}-need-{x}");
                 r.incident = incident;
-                client.report_need(request(s, r)).await.map(|reply| {
+                retrying(RETRY_FOR, || {
+                    let (mut client, r) = (client.clone(), r.clone());
+                    async move { client.report_need(request(s, r)).await }
+                })
+                .await
+                .map(|reply| {
                     let reply = reply.into_inner();
                     vec![(x, reply.entity_id, reply.sequence)]
                 })
             } else {
                 let idx: Vec<usize> = items.iter().map(|(x, _)| *x).collect();
-                client
-                    .submit_bulk(request(
-                        s,
-                        pb::SubmitBulkRequest {
-                            idempotency_key: format!("{incident}-needs-{first}"),
-                            incident,
-                            items: items
-                                .into_iter()
-                                .map(|(_, r)| pb::BulkItem {
-                                    command: Some(pb::bulk_item::Command::ReportNeed(r)),
-                                })
-                                .collect(),
-                        },
-                    ))
-                    .await
-                    .map(|reply| {
-                        idx.into_iter()
-                            .zip(reply.into_inner().items)
-                            .map(|(x, r)| (x, r.entity_id, r.sequence))
-                            .collect()
-                    })
+                let bulk = pb::SubmitBulkRequest {
+                    idempotency_key: format!("{incident}-needs-{first}"),
+                    incident,
+                    items: items
+                        .into_iter()
+                        .map(|(_, r)| pb::BulkItem {
+                            command: Some(pb::bulk_item::Command::ReportNeed(r)),
+                        })
+                        .collect(),
+                };
+                retrying(RETRY_FOR, || {
+                    let (mut client, bulk) = (client.clone(), bulk.clone());
+                    async move { client.submit_bulk(request(s, bulk)).await }
+                })
+                .await
+                .map(|reply| {
+                    idx.into_iter()
+                        .zip(reply.into_inner().items)
+                        .map(|(x, r)| (x, r.entity_id, r.sequence))
+                        .collect()
+                })
             };
             let took = sent.elapsed();
             let mut t = lock(&tracker);
@@ -838,7 +871,7 @@ fn observe(tracker: &Shared, config: &Config, c: &pb::Change) -> Option<Action> 
 }
 
 async fn act(
-    mut client: IntakeClient<Channel>,
+    client: IntakeClient<Channel>,
     s: Scenario,
     incident: String,
     action: Action,
@@ -847,36 +880,36 @@ async fn act(
     let result = match action {
         Action::Respond(a, response, delay) => {
             tokio::time::sleep(delay).await;
-            client
-                .respond_to_assignment(request(
-                    s,
-                    pb::RespondToAssignmentRequest {
-                        idempotency_key: format!("answer-{a}"),
-                        incident,
-                        assignment_id: a,
-                        response: response as i32,
-                        reason: if response == pb::AssignmentResponse::Decline {
-                            "cannot make it".into()
-                        } else {
-                            String::new()
-                        },
-                    },
-                ))
-                .await
+            let answer = pb::RespondToAssignmentRequest {
+                idempotency_key: format!("answer-{a}"),
+                incident,
+                assignment_id: a,
+                response: response as i32,
+                reason: if response == pb::AssignmentResponse::Decline {
+                    "cannot make it".into()
+                } else {
+                    String::new()
+                },
+            };
+            retrying(RETRY_FOR, || {
+                let (mut client, answer) = (client.clone(), answer.clone());
+                async move { client.respond_to_assignment(request(s, answer)).await }
+            })
+            .await
         }
         Action::Complete(a, delay) => {
             tokio::time::sleep(delay).await;
-            client
-                .complete_assignment(request(
-                    s,
-                    pb::CompleteAssignmentRequest {
-                        idempotency_key: format!("done-{a}"),
-                        incident,
-                        assignment_id: a,
-                        personal: None,
-                    },
-                ))
-                .await
+            let done = pb::CompleteAssignmentRequest {
+                idempotency_key: format!("done-{a}"),
+                incident,
+                assignment_id: a,
+                personal: None,
+            };
+            retrying(RETRY_FOR, || {
+                let (mut client, done) = (client.clone(), done.clone());
+                async move { client.complete_assignment(request(s, done)).await }
+            })
+            .await
         }
     };
     let mut t = lock(tracker);
@@ -1222,6 +1255,46 @@ mod tests {
         assert!(middle > 1_850 && middle < 1_950, "{middle}");
         assert!(edge < 250, "{edge}");
         assert!(times[n - 1] < 100.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unavailable_requests_are_sent_again_and_other_answers_are_not() {
+        let sent = std::cell::Cell::new(0);
+        let answer = retrying(RETRY_FOR, || {
+            sent.set(sent.get() + 1);
+            let n = sent.get();
+            async move {
+                if n < 3 {
+                    Err(tonic::Status::unavailable("restarting"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(answer.expect("answered"), 3);
+        sent.set(0);
+        let refused: Result<(), _> = retrying(RETRY_FOR, || {
+            sent.set(sent.get() + 1);
+            async { Err(tonic::Status::invalid_argument("bad")) }
+        })
+        .await;
+        assert_eq!(
+            refused.expect_err("refused").code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(sent.get(), 1, "not sent again");
+        sent.set(0);
+        let started = tokio::time::Instant::now();
+        let down: Result<(), _> = retrying(Duration::from_secs(10), || {
+            sent.set(sent.get() + 1);
+            async { Err(tonic::Status::unavailable("down")) }
+        })
+        .await;
+        assert_eq!(down.expect_err("gave up").code(), tonic::Code::Unavailable);
+        assert!(started.elapsed() <= Duration::from_secs(10));
+        // Sent at 0, 0.1, 0.3, 0.7, 1.5, 3.1, 5.1, 7.1 and 9.1 s; the next would be past 10 s.
+        assert_eq!(sent.get(), 9);
     }
 
     #[test]
