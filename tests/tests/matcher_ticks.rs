@@ -20,8 +20,16 @@ fn ts(s: i64) -> Option<prost_types::Timestamp> {
     })
 }
 
-#[tokio::test]
-async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
+/// nats-server, intake and a matcher ticking every 200 ms; incident `ripon` declared with
+/// `policy`, one volunteer's offer and one need it can meet.
+async fn one_need_one_volunteer(
+    policy: Option<pb::Policy>,
+) -> (
+    Nats,
+    Intake,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), muster_matcher::MatcherError>>,
+) {
     let nats = Nats::start().await;
     let intake = Intake::start(&nats.url()).await;
     let mut c = intake.client().await;
@@ -38,7 +46,7 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
         name: "Ripon".into(),
         partitions: vec![],
         categories: vec![],
-        policy: None,
+        policy,
     }))
     .await
     .expect("declare");
@@ -91,6 +99,13 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
     .await
     .expect("need");
 
+    (nats, intake, stop, matcher)
+}
+
+#[tokio::test]
+async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
+    let (nats, intake, stop, matcher) = one_need_one_volunteer(None).await;
+    let mut c = intake.client().await;
     let (_, stream) = nats.log().await;
     let ticks = |log: &[(u64, String, muster_schema::Envelope)]| {
         log.iter()
@@ -138,6 +153,83 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
         settled,
         "nothing waits on time: no more ticks"
     );
+
+    let _ = stop.send(());
+    matcher
+        .await
+        .expect("matcher task")
+        .expect("matcher stopped cleanly");
+}
+
+/// A proposal no one answers expires once log time passes the policy's hour; its need is then
+/// proposed again by the next round, though nothing else happens in the incident (the expiry
+/// was the last event, and with nothing pending there are no more ticks to cause a round).
+#[tokio::test]
+async fn a_need_whose_proposal_expired_is_proposed_again_in_a_quiet_incident() {
+    let (nats, _intake, stop, matcher) = one_need_one_volunteer(None).await;
+    let (client, stream) = nats.log().await;
+    let count = |log: &[(u64, String, muster_schema::Envelope)]| {
+        let proposals = log
+            .iter()
+            .filter(|(_, _, e)| matches!(e.event, Event::AssignmentProposedV1(_)))
+            .count();
+        let expiries = log
+            .iter()
+            .filter(|(_, _, e)| matches!(e.event, Event::AssignmentExpiredV1(_)))
+            .count();
+        (proposals, expiries)
+    };
+    let until = |want: (usize, usize)| {
+        let stream = stream.clone();
+        async move {
+            let mut seen = (0, 0);
+            for _ in 0..100 {
+                seen = count(&read_all(&stream).await);
+                if seen.0 >= want.0 && seen.1 >= want.1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        }
+    };
+    assert_eq!(until((1, 0)).await, (1, 0), "proposed once");
+    // Log time two hours on (the policy gives an hour to answer), as a tick would move it.
+    let incident = muster_schema::IncidentId::parse("i", "ripon").expect("valid");
+    let later = muster_schema::Timestamp(
+        read_all(&stream)
+            .await
+            .iter()
+            .map(|(_, _, e)| e.recorded_at.0)
+            .max()
+            .expect("events")
+            + 2 * 3_600_000_000,
+    );
+    let tick = muster_schema::Envelope {
+        schema_version: muster_schema::ENVELOPE_VERSION,
+        event_id: muster_schema::EntityId([7; 16]),
+        incident: incident.clone(),
+        partition: muster_schema::PartitionCode::incident_wide(),
+        recorded_at: later,
+        actor: muster_schema::AgencyId::parse("a", "muster-matcher").expect("valid"),
+        idempotency_key: "tick-later".into(),
+        correlation_id: "tick-later".into(),
+        causation_id: None,
+        event: Event::TickV1(muster_schema::events::TickV1 { incident }),
+    };
+    let (appender, _) = muster_log::Appender::start(client, Default::default());
+    appender
+        .append(vec![muster_log::Outgoing {
+            subject: muster_schema::subject::for_envelope(&tick),
+            payload: tick.encode().into(),
+            msg_id: "tick-later".into(),
+            expect: muster_log::Expect::Anything,
+        }])
+        .await
+        .expect("tick");
+    let seen = until((2, 1)).await;
+    assert!(seen.1 >= 1, "the unanswered proposal expired: {seen:?}");
+    assert!(seen.0 >= 2, "and its need was proposed again: {seen:?}");
 
     let _ = stop.send(());
     matcher

@@ -321,6 +321,11 @@ async fn run_until(
                     inc.awaiting = None;
                 }
                 inc.last_round = inc.last_round.max(r.through_seq);
+                // Its expiries and cancellations opened needs (and freed volunteers) that no
+                // round has considered: work for the next one, even if nothing else happens.
+                if r.expired > 0 || r.cancelled > 0 {
+                    inc.last_input = d.seq;
+                }
             }
             None if is_decision(&env.event) => {}
             None => {
