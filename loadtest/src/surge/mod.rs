@@ -144,10 +144,12 @@ fn request<T>(s: Scenario, body: T) -> tonic::Request<T> {
 /// How long a client keeps sending a request again while Muster is unavailable.
 const RETRY_FOR: Duration = Duration::from_secs(60);
 
-/// Sends a request (`send` builds and sends it afresh each time) again while Muster answers
-/// UNAVAILABLE (restarting, or the log could not confirm the append), pausing 100 ms doubling
-/// to 2 s, for up to `within`: the same request, so its idempotency key makes the retry safe,
-/// as the API asks of its clients. Any other answer is returned as it is.
+/// Sends a request (`send` builds and sends it afresh each time) again while its outcome is
+/// unknown: Muster answers UNAVAILABLE (restarting, or the log could not confirm the append),
+/// or the connection broke under the request (tonic's UNKNOWN "transport error": it may have
+/// been stored). Pauses 100 ms doubling to 2 s, for up to `within`; the same request, so its
+/// idempotency key makes the retry safe (a stored one is answered as a duplicate), as the API
+/// asks of its clients. Any other answer is returned as it is.
 async fn retrying<T, F, Fut>(within: Duration, mut send: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Fut,
@@ -158,7 +160,7 @@ where
     loop {
         match send().await {
             Err(e)
-                if e.code() == tonic::Code::Unavailable
+                if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
                     && tokio::time::Instant::now() + pause < deadline =>
             {
                 tokio::time::sleep(pause).await;
@@ -1258,14 +1260,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn unavailable_requests_are_sent_again_and_other_answers_are_not() {
+    async fn requests_of_unknown_outcome_are_sent_again_and_others_are_not() {
         let sent = std::cell::Cell::new(0);
         let answer = retrying(RETRY_FOR, || {
             sent.set(sent.get() + 1);
             let n = sent.get();
             async move {
-                if n < 3 {
+                if n == 1 {
                     Err(tonic::Status::unavailable("restarting"))
+                } else if n == 2 {
+                    Err(tonic::Status::unknown("transport error"))
                 } else {
                     Ok(n)
                 }
