@@ -146,8 +146,8 @@ const RETRY_FOR: Duration = Duration::from_secs(60);
 
 /// Sends a request (`send` builds and sends it afresh each time) again while its outcome is
 /// unknown: Muster answers UNAVAILABLE (restarting, or the log could not confirm the append),
-/// or the connection broke under the request (tonic's UNKNOWN "transport error": it may have
-/// been stored). Pauses 100 ms doubling to 2 s, for up to `within`; the same request, so its
+/// or the connection broke under the request (tonic's UNKNOWN "transport error", or CANCELLED
+/// "connection closed": it may have been stored). Pauses 100 ms doubling to 2 s, for up to `within`; the same request, so its
 /// idempotency key makes the retry safe (a stored one is answered as a duplicate), as the API
 /// asks of its clients. Any other answer is returned as it is.
 async fn retrying<T, F, Fut>(within: Duration, mut send: F) -> Result<T, tonic::Status>
@@ -160,8 +160,10 @@ where
     loop {
         match send().await {
             Err(e)
-                if matches!(e.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
-                    && tokio::time::Instant::now() + pause < deadline =>
+                if matches!(
+                    e.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ) && tokio::time::Instant::now() + pause < deadline =>
             {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
