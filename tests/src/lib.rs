@@ -239,6 +239,46 @@ impl Drop for Projections {
 }
 
 /// The last sequence of the log.
+/// Appends `event` of `incident` to the log as the matcher would (its decisions and ticks do
+/// not go through intake), recorded at `at` (log time, microseconds); returns its sequence.
+pub async fn append_as_matcher(
+    nats: &Nats,
+    incident: &str,
+    partition: &str,
+    at: i64,
+    msg_id: &str,
+    event: muster_schema::Event,
+) -> u64 {
+    let (client, _) = nats.log().await;
+    let (appender, _) = muster_log::Appender::start(client, Default::default());
+    let env = muster_schema::Envelope {
+        schema_version: muster_schema::ENVELOPE_VERSION,
+        event_id: muster_schema::EntityId::hash(&[msg_id.as_bytes()]),
+        incident: muster_schema::IncidentId::parse("i", incident).expect("valid"),
+        partition: if partition == "_" {
+            muster_schema::PartitionCode::incident_wide()
+        } else {
+            muster_schema::PartitionCode::parse("p", partition).expect("valid")
+        },
+        recorded_at: muster_schema::Timestamp(at),
+        actor: muster_schema::AgencyId::parse("a", "muster-matcher").expect("valid"),
+        idempotency_key: msg_id.into(),
+        correlation_id: msg_id.into(),
+        causation_id: None,
+        event,
+    };
+    appender
+        .append(vec![muster_log::Outgoing {
+            subject: muster_schema::subject::for_envelope(&env),
+            payload: env.encode().into(),
+            msg_id: format!("muster-matcher:{msg_id}"),
+            expect: muster_log::Expect::Anything,
+        }])
+        .await
+        .expect("appended as the matcher")
+        .first_seq
+}
+
 pub async fn last_seq(stream: &async_nats::jetstream::stream::Stream) -> u64 {
     let mut s = stream.clone();
     s.info().await.expect("stream info").state.last_sequence

@@ -299,32 +299,10 @@ async fn every_command_lands_as_its_event() {
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
 }
 
-/// Appends `event` to the log as the matcher would (its decisions do not go through intake).
+/// Appends `event` to the log as the matcher would.
 async fn as_matcher(nats: &Nats, msg_id: &str, event: Event) -> u64 {
-    let (client, _) = nats.log().await;
-    let (appender, _) = muster_log::Appender::start(client, Default::default());
-    let env = Envelope {
-        schema_version: muster_schema::ENVELOPE_VERSION,
-        event_id: muster_schema::EntityId::hash(&[msg_id.as_bytes()]),
-        incident: muster_schema::IncidentId::parse("i", INCIDENT).expect("valid"),
-        partition: muster_schema::PartitionCode::parse("p", "E06000014").expect("valid"),
-        recorded_at: muster_schema::Timestamp(T0 * 1_000_000),
-        actor: muster_schema::AgencyId::parse("a", "muster").expect("valid"),
-        idempotency_key: msg_id.into(),
-        correlation_id: msg_id.into(),
-        causation_id: None,
-        event,
-    };
-    appender
-        .append(vec![muster_log::Outgoing {
-            subject: muster_schema::subject::for_envelope(&env),
-            payload: env.encode().into(),
-            msg_id: format!("muster:{msg_id}"),
-            expect: muster_log::Expect::Anything,
-        }])
+    muster_tests::append_as_matcher(nats, INCIDENT, "E06000014", T0 * 1_000_000, msg_id, event)
         .await
-        .expect("appended as the matcher")
-        .first_seq
 }
 
 /// The matcher's proposal of `offer` for `need` to vol-1.

@@ -167,7 +167,7 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
 #[tokio::test]
 async fn a_need_whose_proposal_expired_is_proposed_again_in_a_quiet_incident() {
     let (nats, _intake, stop, matcher) = one_need_one_volunteer(None).await;
-    let (client, stream) = nats.log().await;
+    let (_, stream) = nats.log().await;
     let count = |log: &[(u64, String, muster_schema::Envelope)]| {
         let proposals = log
             .iter()
@@ -195,38 +195,16 @@ async fn a_need_whose_proposal_expired_is_proposed_again_in_a_quiet_incident() {
     };
     assert_eq!(until((1, 0)).await, (1, 0), "proposed once");
     // Log time two hours on (the policy gives an hour to answer), as a tick would move it.
-    let incident = muster_schema::IncidentId::parse("i", "ripon").expect("valid");
-    let later = muster_schema::Timestamp(
-        read_all(&stream)
-            .await
-            .iter()
-            .map(|(_, _, e)| e.recorded_at.0)
-            .max()
-            .expect("events")
-            + 2 * 3_600_000_000,
-    );
-    let tick = muster_schema::Envelope {
-        schema_version: muster_schema::ENVELOPE_VERSION,
-        event_id: muster_schema::EntityId([7; 16]),
-        incident: incident.clone(),
-        partition: muster_schema::PartitionCode::incident_wide(),
-        recorded_at: later,
-        actor: muster_schema::AgencyId::parse("a", "muster-matcher").expect("valid"),
-        idempotency_key: "tick-later".into(),
-        correlation_id: "tick-later".into(),
-        causation_id: None,
-        event: Event::TickV1(muster_schema::events::TickV1 { incident }),
-    };
-    let (appender, _) = muster_log::Appender::start(client, Default::default());
-    appender
-        .append(vec![muster_log::Outgoing {
-            subject: muster_schema::subject::for_envelope(&tick),
-            payload: tick.encode().into(),
-            msg_id: "tick-later".into(),
-            expect: muster_log::Expect::Anything,
-        }])
+    let later = read_all(&stream)
         .await
-        .expect("tick");
+        .iter()
+        .map(|(_, _, e)| e.recorded_at.0)
+        .max()
+        .expect("events")
+        + 2 * 3_600_000_000;
+    let incident = muster_schema::IncidentId::parse("i", "ripon").expect("valid");
+    let tick = Event::TickV1(muster_schema::events::TickV1 { incident });
+    muster_tests::append_as_matcher(&nats, "ripon", "_", later, "tick-later", tick).await;
     let seen = until((2, 1)).await;
     assert!(seen.1 >= 1, "the unanswered proposal expired: {seen:?}");
     assert!(seen.0 >= 2, "and its need was proposed again: {seen:?}");
