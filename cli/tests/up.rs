@@ -155,6 +155,17 @@ async fn up_serves_stops_cleanly_and_keeps_its_state() {
     second.stop().await;
 }
 
+/// Declares the Hull incident through `muster`'s intake (a retry the second time).
+async fn declare_on(muster: &Up) -> pb::AppendReply {
+    IntakeClient::connect(muster.grpc.clone())
+        .await
+        .expect("connect")
+        .declare_incident(req(declare()))
+        .await
+        .expect("declare")
+        .into_inner()
+}
+
 /// The nats-server `muster up` supervises, by the pid file it writes.
 fn nats_pid(data: &std::path::Path) -> i32 {
     std::fs::read_to_string(data.join("nats/nats-server.pid"))
@@ -173,13 +184,7 @@ async fn up_after_a_kill_9_stops_the_server_left_behind_and_keeps_its_state() {
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path().to_str().expect("utf-8 path");
     let mut first = up(&["--data-dir", dir]).await;
-    let declared = IntakeClient::connect(first.grpc.clone())
-        .await
-        .expect("connect")
-        .declare_incident(req(declare()))
-        .await
-        .expect("declare")
-        .into_inner();
+    let declared = declare_on(&first).await;
     let left = nats_pid(data.path());
     // Started again at once, as a supervisor would: the killed one may not have released the
     // directory yet, and its nats-server (which a SIGKILL leaves running) is still up.
@@ -190,13 +195,7 @@ async fn up_after_a_kill_9_stops_the_server_left_behind_and_keeps_its_state() {
         "the server left behind was stopped"
     );
     assert_ne!(nats_pid(data.path()), left);
-    let again = IntakeClient::connect(second.grpc.clone())
-        .await
-        .expect("connect")
-        .declare_incident(req(declare()))
-        .await
-        .expect("retry")
-        .into_inner();
+    let again = declare_on(&second).await;
     assert!(again.duplicate, "the log survived");
     assert_eq!(again.sequence, declared.sequence);
 
