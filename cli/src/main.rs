@@ -202,6 +202,12 @@ async fn audit_verify(nats_url: &str, log: &LogArgs) -> anyhow::Result<()> {
         "audited {} events: {} rounds and {} decisions reproduced exactly; {} malformed events set aside",
         report.events, report.rounds_verified, report.decisions_verified, report.set_aside
     );
+    if report.rounds_cut_short > 0 {
+        println!(
+            "{} rounds cut short: the matcher stopped between two of a round's parts; what they recorded is reproduced, the rest was never decided (the next round decided again)",
+            report.rounds_cut_short
+        );
+    }
     match report.divergence {
         None => {
             println!("audit passed");

@@ -194,7 +194,7 @@ async fn a_matcher_killed_mid_surge_leaves_no_duplicate_and_the_audit_passes() {
     let (_, stream) = nats.log().await;
     let rounds_so_far = |log: &[(u64, String, muster_schema::Envelope)]| {
         log.iter()
-            .filter(|(_, _, e)| e.event.round_record().is_some())
+            .filter(|(_, _, e)| e.event.round_record().is_some_and(|r| r.part == 0))
             .count()
     };
     // Needs stream in; the matcher is killed with SIGKILL in the middle and restarted while
@@ -260,10 +260,11 @@ async fn a_matcher_killed_mid_surge_leaves_no_duplicate_and_the_audit_passes() {
             Event::AssignmentCancelledV1(e) => {
                 live.remove(&of_assignment[&e.assignment]);
             }
-            Event::RoundRecordedV2(r) => assert!(
-                rounds.insert(r.through_seq),
-                "round {} recorded twice",
-                r.through_seq
+            Event::RoundRecordedV3(r) => assert!(
+                rounds.insert((r.through_seq, r.part)),
+                "round {} part {} recorded twice",
+                r.through_seq,
+                r.part
             ),
             _ => {}
         }

@@ -137,7 +137,7 @@ async fn a_round_recorded_before_engines_were_named_is_replayed_with_engine_1() 
     let nats = Nats::start().await;
     // What the matcher wrote before rounds named their engine: a RoundRecordedV1.
     log_with_round_by(&nats, 1, |e| {
-        if let Event::RoundRecordedV2(r) = e {
+        if let Event::RoundRecordedV3(r) = e {
             *e = Event::RoundRecordedV1(RoundRecordedV1 {
                 round: r.round,
                 through_seq: r.through_seq,
@@ -179,7 +179,7 @@ async fn a_round_by_every_engine_this_build_knows_is_verified_with_that_engine()
 async fn a_round_by_an_engine_this_build_does_not_know_is_a_divergence() {
     let nats = Nats::start().await;
     log_with_round(&nats, |e| {
-        if let Event::RoundRecordedV2(r) = e {
+        if let Event::RoundRecordedV3(r) = e {
             r.engine = 99;
         }
     })
@@ -252,5 +252,277 @@ async fn a_round_exports_its_instance_and_the_recorded_choice() {
         muster_matcher::audit::export_round(&nats.url(), &Default::default(), &incident, 999)
             .await
             .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_round_recorded_before_rounds_had_parts_is_reproduced() {
+    let nats = Nats::start().await;
+    // What the matcher wrote before rounds were appended in parts: one RoundRecordedV2, last.
+    log_with_round(&nats, |e| {
+        if let Event::RoundRecordedV3(r) = e {
+            *e = Event::RoundRecordedV2(RoundRecordedV2 {
+                round: r.round,
+                through_seq: r.through_seq,
+                log_time: r.log_time,
+                policy_version: r.policy_version,
+                proposed: r.proposed,
+                expired: r.expired,
+                cancelled: r.cancelled,
+                total_score: r.total_score,
+                engine: r.engine,
+            });
+        }
+    })
+    .await;
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None);
+    assert_eq!(
+        (
+            report.rounds_verified,
+            report.rounds_cut_short,
+            report.decisions_verified
+        ),
+        (1, 0, 2)
+    );
+}
+
+/// Needs (and as many volunteers, all able to meet any of them) for a round too large for one
+/// append: an incident declared, then `n` offers and `n` needs, appended as agencies would.
+/// Returns the matcher's state over them.
+async fn large_round_inputs(nats: &Nats, n: usize) -> muster_matching::State {
+    let (client, _) = nats.log().await;
+    let (appender, _) = Appender::start(client, Default::default());
+    let window = TimeWindow::new(T0, T0 + 3_600_000_000).expect("valid");
+    // On a grid about a kilometre apart, each need at a volunteer's door: a few volunteers
+    // within reach of each, as in a town.
+    let at = |i: usize| {
+        GeoPoint::from_degrees(
+            53.9 + (i % 40) as f64 * 0.009,
+            -1.1 + (i / 40) as f64 * 0.015,
+        )
+        .expect("valid")
+    };
+    let id = |kind: &str, i: usize| EntityId::hash(&[kind.as_bytes(), &i.to_le_bytes()]);
+    let mut inputs = vec![env(
+        1,
+        "_",
+        Event::IncidentDeclaredV1(IncidentDeclaredV1 {
+            incident: IncidentId::parse("i", "audit").expect("valid"),
+            name: "audit".into(),
+            partitions: vec![],
+            categories: vec![],
+            policy: PolicyV1::default(),
+        }),
+    )];
+    for i in 0..n {
+        inputs.push(env(
+            10 + i as u64,
+            "A1",
+            Event::OfferRegisteredV1(OfferRegisteredV1 {
+                offer: id("offer", i),
+                reference: Reference::parse("r", &format!("o-{i}")).expect("valid"),
+                provider: Provider::Volunteer(
+                    PersonId::parse("p", &format!("vol-{i}")).expect("valid"),
+                ),
+                spec: OfferSpecV1 {
+                    kinds: vec![Category::Food],
+                    skills: vec![],
+                    capacity: 1,
+                    location: at(i),
+                    travel_radius_m: 2_500,
+                    availability: vec![window],
+                },
+                personal: Personal::None,
+            }),
+        ));
+    }
+    for i in 0..n {
+        inputs.push(env(
+            10_000_000 + i as u64,
+            "A1",
+            Event::NeedReportedV1(NeedReportedV1 {
+                need: id("need", i),
+                reference: Reference::parse("r", &format!("n-{i}")).expect("valid"),
+                spec: NeedSpecV1 {
+                    category: Category::Food,
+                    urgency: Urgency::new("u", 1 + (i % 5) as u32).expect("valid"),
+                    party_size: 1,
+                    window,
+                    location: at(i),
+                    required_skills: vec![],
+                    required_verifications: vec![],
+                    vulnerable: false,
+                },
+                personal: Personal::None,
+            }),
+        ));
+    }
+    let mut state = muster_matching::State::default();
+    for (i, e) in inputs.iter().enumerate() {
+        state.apply(i as u64 + 1, e);
+    }
+    for chunk in inputs.chunks(500) {
+        appender
+            .append(chunk.iter().map(out).collect())
+            .await
+            .expect("append inputs");
+    }
+    state
+}
+
+/// Runs a matcher (ticks out of the way) until the log holds a proposal for each of `needs`
+/// needs, then stops it; returns the log.
+async fn match_until_proposed(nats: &Nats, needs: usize) -> Vec<(u64, String, Envelope)> {
+    let mut config = muster_matcher::Config::new(nats.url());
+    config.tick_every = std::time::Duration::from_secs(3_600);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let matcher = tokio::spawn(muster_matcher::run(config, async {
+        let _ = stopped.await;
+    }));
+    let (_, stream) = nats.log().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let log = loop {
+        let log = read_all(&stream).await;
+        let proposed: std::collections::BTreeSet<EntityId> = log
+            .iter()
+            .filter_map(|(_, _, e)| match &e.event {
+                Event::AssignmentProposedV1(p) => Some(p.need),
+                _ => None,
+            })
+            .collect();
+        if proposed.len() == needs {
+            break log;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {needs} needs proposed after 120 s",
+            proposed.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let _ = stop.send(());
+    matcher.await.expect("matcher task").expect("matcher");
+    log
+}
+
+fn records(log: &[(u64, String, Envelope)]) -> Vec<(u64, u32, u32)> {
+    log.iter()
+        .filter_map(|(_, _, e)| e.event.round_record())
+        .map(|r| (r.through_seq, r.part, r.parts))
+        .collect()
+}
+
+fn proposals_per_need(
+    log: &[(u64, String, Envelope)],
+) -> std::collections::BTreeMap<EntityId, u32> {
+    let mut per_need = std::collections::BTreeMap::new();
+    for (_, _, e) in log {
+        if let Event::AssignmentProposedV1(p) = &e.event {
+            *per_need.entry(p.need).or_insert(0) += 1;
+        }
+    }
+    per_need
+}
+
+#[tokio::test]
+async fn a_round_too_large_for_one_append_is_appended_in_parts_and_reproduced() {
+    let nats = Nats::start().await;
+    let state = large_round_inputs(&nats, 1_200).await;
+    let log = match_until_proposed(&nats, 1_200).await;
+    let s = state.through_seq;
+    // One round of 1,200 proposals, in two parts of 600, each closed by its record.
+    assert_eq!(records(&log), vec![(s, 0, 2), (s, 1, 2)]);
+    let first_record = log
+        .iter()
+        .position(|(_, _, e)| e.event.round_record().is_some())
+        .expect("a record");
+    let before = &log[..first_record];
+    assert_eq!(
+        before
+            .iter()
+            .filter(|(_, _, e)| matches!(e.event, Event::AssignmentProposedV1(_)))
+            .count(),
+        600
+    );
+    assert!(proposals_per_need(&log).values().all(|&n| n == 1));
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None);
+    assert_eq!(
+        (
+            report.rounds_verified,
+            report.rounds_cut_short,
+            report.decisions_verified
+        ),
+        (1, 0, 1_202)
+    );
+}
+
+#[tokio::test]
+async fn a_round_cut_short_between_parts_is_decided_again_by_the_next_matcher_and_audited() {
+    let nats = Nats::start().await;
+    let state = large_round_inputs(&nats, 1_200).await;
+    let s = state.through_seq;
+    // A matcher cut the round and stopped after appending its first part.
+    let r = muster_matching::round::round(&state);
+    assert_eq!(r.proposals.len(), 1_200);
+    let parts = muster_matcher::service::round_appends(
+        &IncidentId::parse("i", "audit").expect("valid"),
+        &state,
+        &r,
+    );
+    assert_eq!(
+        parts.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![601, 601]
+    );
+    let (client, _) = nats.log().await;
+    let (appender, _) = Appender::start(client, Default::default());
+    appender
+        .append(parts[0].clone())
+        .await
+        .expect("append the first part");
+    drop(appender);
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None, "what was recorded is reproduced");
+    assert_eq!(
+        (
+            report.rounds_verified,
+            report.rounds_cut_short,
+            report.decisions_verified
+        ),
+        (0, 1, 601)
+    );
+
+    // The next matcher finds the round cut short and decides the rest in a round of its own,
+    // though nothing else happens in the incident.
+    let log = match_until_proposed(&nats, 1_200).await;
+    let rounds = records(&log);
+    assert_eq!(rounds[0], (s, 0, 2));
+    assert_eq!(rounds.len(), 2, "{rounds:?}");
+    assert!(
+        rounds[1].0 > s && rounds[1].1 == 0 && rounds[1].2 == 1,
+        "{rounds:?}"
+    );
+    assert!(
+        proposals_per_need(&log).values().all(|&n| n == 1),
+        "no need proposed twice"
+    );
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None);
+    assert_eq!(
+        (
+            report.rounds_verified,
+            report.rounds_cut_short,
+            report.decisions_verified
+        ),
+        (1, 1, 1_202)
     );
 }

@@ -966,14 +966,37 @@ pub fn round_id(incident: &muster_schema::IncidentId, through_seq: u64) -> Entit
     ])
 }
 
-/// A round as the events that record it, each with the partition it belongs to: expiries,
-/// cancellations and proposals (on their needs' partitions), then the round's own record
-/// (incident-wide), last. The matcher appends exactly these; the audit recomputes and compares
-/// exactly these.
+/// The most decisions one part of a round holds: with its record, a part is one atomic append,
+/// and the log takes at most 1,000 messages in one (`muster_log::appender::MAX_BATCH`).
+pub const DECISIONS_PER_PART: usize = 999;
+
+/// How many parts a round of `decisions` decisions is appended in.
+pub fn parts_for(decisions: usize) -> u32 {
+    decisions.div_ceil(DECISIONS_PER_PART).max(1) as u32
+}
+
+/// A round as the events that record it, each with the partition it belongs to, in
+/// [`parts_for`] parts: see [`round_events_in`].
 pub fn round_events(
     state: &State,
     incident: &muster_schema::IncidentId,
     r: &Round,
+) -> Vec<(muster_schema::PartitionCode, muster_schema::Event)> {
+    let decisions = r.expired.len() + r.cancelled.len() + r.proposals.len();
+    round_events_in(state, incident, r, parts_for(decisions))
+}
+
+/// A round as the events that record it, each with the partition it belongs to: expiries,
+/// cancellations and proposals (on their needs' partitions), split into `parts` consecutive
+/// parts of as near equal size as may be (part `i` of `n` decisions holds those from `i·n/parts`
+/// up to `(i+1)·n/parts`), each followed by its record (incident-wide). The matcher appends
+/// exactly these, a part at a time; the audit recomputes and compares exactly these, in as many
+/// parts as the round's record names.
+pub fn round_events_in(
+    state: &State,
+    incident: &muster_schema::IncidentId,
+    r: &Round,
+    parts: u32,
 ) -> Vec<(muster_schema::PartitionCode, muster_schema::Event)> {
     use muster_schema::PartitionCode;
     use muster_schema::events::*;
@@ -990,7 +1013,10 @@ pub fn round_events(
             .map_or_else(PartitionCode::incident_wide, |x| partition_of_need(&x.need))
     };
     let seq = r.through_seq;
-    let mut out = Vec::with_capacity(r.expired.len() + r.cancelled.len() + r.proposals.len() + 1);
+    let parts = parts.max(1);
+    let mut out = Vec::with_capacity(
+        r.expired.len() + r.cancelled.len() + r.proposals.len() + parts as usize,
+    );
     for a in &r.expired {
         out.push((
             partition_of(a),
@@ -1031,21 +1057,34 @@ pub fn round_events(
             }),
         ));
     }
-    out.push((
-        PartitionCode::incident_wide(),
-        muster_schema::Event::RoundRecordedV2(RoundRecordedV2 {
-            round: round_id(incident, seq),
-            through_seq: seq,
-            log_time: state.now,
-            policy_version: r.policy_version,
-            proposed: r.proposals.len() as u32,
-            expired: r.expired.len() as u32,
-            cancelled: r.cancelled.len() as u32,
-            total_score: r.total_score,
-            engine: r.engine,
-        }),
-    ));
-    out
+    let record = |part: u32| {
+        (
+            PartitionCode::incident_wide(),
+            muster_schema::Event::RoundRecordedV3(RoundRecordedV3 {
+                round: round_id(incident, seq),
+                through_seq: seq,
+                log_time: state.now,
+                policy_version: r.policy_version,
+                proposed: r.proposals.len() as u32,
+                expired: r.expired.len() as u32,
+                cancelled: r.cancelled.len() as u32,
+                total_score: r.total_score,
+                engine: r.engine,
+                part,
+                parts,
+            }),
+        )
+    };
+    let n = out.len();
+    let mut decisions = out.into_iter();
+    let mut laid_out = Vec::with_capacity(n + parts as usize);
+    for part in 0..parts {
+        let end = (part as usize + 1) * n / parts as usize;
+        let start = part as usize * n / parts as usize;
+        laid_out.extend(decisions.by_ref().take(end - start));
+        laid_out.push(record(part));
+    }
+    laid_out
 }
 
 impl Round {
@@ -1060,6 +1099,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// A round that only expires and cancels assignments (`expired` and `cancelled` of them).
+    fn endings_only(expired: usize, cancelled: usize) -> Round {
+        let id = |i: usize| EntityId::hash(&[&i.to_le_bytes()]);
+        Round {
+            engine: ENGINE,
+            through_seq: 77,
+            policy_version: 1,
+            proposals: vec![],
+            total_score: 0,
+            expired: (0..expired).map(id).collect(),
+            cancelled: (0..cancelled)
+                .map(|i| (id(10_000 + i), CancelReason::NeedWithdrawn))
+                .collect(),
+        }
+    }
 
     proptest! {
         /// Promises sort by score, highest first, then by slot, and give back what they hold
@@ -1093,5 +1148,68 @@ mod tests {
             by_prefix.sort_by(|a, b| id_prefix(a).cmp(&id_prefix(b)).then_with(|| a.cmp(b)));
             prop_assert_eq!(by_prefix, full);
         }
+
+        /// A round's events are its decisions in order, cut into parts that each fit one
+        /// atomic append with their record, every record naming its part and the whole round.
+        #[test]
+        fn a_round_is_laid_out_in_parts_that_each_fit_one_append(
+            expired in 0usize..3_100,
+            cancelled in 0usize..40,
+        ) {
+            let r = endings_only(expired, cancelled);
+            let incident = muster_schema::IncidentId::parse("i", "parts").expect("valid");
+            let events = round_events(&State::default(), &incident, &r);
+            let n = expired + cancelled;
+            let parts = parts_for(n);
+            prop_assert_eq!(events.len(), n + parts as usize);
+            let mut decisions = Vec::new();
+            let mut in_part = 0;
+            let mut seen_parts = 0;
+            for (_, e) in &events {
+                match e.round_record() {
+                    Some(rec) => {
+                        // With its record, a part fits one append of 1,000 messages.
+                        prop_assert!(in_part <= DECISIONS_PER_PART);
+                        prop_assert_eq!((rec.part, rec.parts), (seen_parts, parts));
+                        prop_assert_eq!((rec.expired as usize, rec.cancelled as usize), (expired, cancelled));
+                        prop_assert_eq!(rec.is_last_part(), seen_parts + 1 == parts);
+                        seen_parts += 1;
+                        in_part = 0;
+                    }
+                    None => {
+                        decisions.push(e.clone());
+                        in_part += 1;
+                    }
+                }
+            }
+            prop_assert_eq!(seen_parts, parts);
+            prop_assert!(matches!(events.last(), Some((_, e)) if e.round_record().is_some()));
+            // The same decisions, in the same order, as the round laid out in one part.
+            let one: Vec<_> = round_events_in(&State::default(), &incident, &r, 1)
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| e.round_record().is_none())
+                .collect();
+            prop_assert_eq!(decisions, one);
+        }
+    }
+
+    #[test]
+    fn rounds_of_up_to_999_decisions_are_one_part() {
+        assert_eq!(
+            [0, 1, 999, 1_000, 1_998, 1_999, 2_997, 2_998].map(parts_for),
+            [1, 1, 1, 2, 2, 3, 3, 4]
+        );
+        // Parts are as near equal as may be: 1,000 decisions are two parts of 500.
+        let r = endings_only(1_000, 0);
+        let incident = muster_schema::IncidentId::parse("i", "parts").expect("valid");
+        let events = round_events(&State::default(), &incident, &r);
+        let records: Vec<usize> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, e))| e.round_record().is_some())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(records, vec![500, 1_001]);
     }
 }

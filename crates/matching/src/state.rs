@@ -527,7 +527,8 @@ impl State {
             Event::IncidentStoodDownV1(_)
             | Event::TickV1(_)
             | Event::RoundRecordedV1(_)
-            | Event::RoundRecordedV2(_) => {}
+            | Event::RoundRecordedV2(_)
+            | Event::RoundRecordedV3(_) => {}
             Event::NeedReportedV1(e) => {
                 if let std::collections::btree_map::Entry::Vacant(vacant) = self.needs.entry(e.need)
                 {

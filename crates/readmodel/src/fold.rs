@@ -150,20 +150,28 @@ fn event<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Done
         | Event::AssignmentCompletedV1(_)
         | Event::AssignmentExpiredV1(_)
         | Event::AssignmentCancelledV1(_) => assignment_moved(tx, seq, env)?,
-        Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) => {
+        Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) | Event::RoundRecordedV3(_) => {
             let Some(r) = env.event.round_record() else {
                 return refuse("not a round record".to_string());
             };
-            tx.add(
-                Cf::Counters,
-                keys::counter_key(&env.incident, counters::ROUNDS),
-                1,
-            )?;
+            // A round appended in parts is one round: counted at its first part.
+            if r.part == 0 {
+                tx.add(
+                    Cf::Counters,
+                    keys::counter_key(&env.incident, counters::ROUNDS),
+                    1,
+                )?;
+            }
+            let part = if r.parts > 1 {
+                format!(" (part {} of {})", r.part + 1, r.parts)
+            } else {
+                String::new()
+            };
             let mut fx = Effects::none();
             fx.touch(
                 HistoryOf::Entity(&r.round),
                 format!(
-                    "round through {}: {} proposed, {} expired, {} cancelled, total score {}",
+                    "round through {}{part}: {} proposed, {} expired, {} cancelled, total score {}",
                     r.through_seq, r.proposed, r.expired, r.cancelled, r.total_score
                 ),
             );

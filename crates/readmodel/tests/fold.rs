@@ -757,6 +757,7 @@ mod properties {
                         | Event::AssignmentCancelledV1(_)
                         | Event::RoundRecordedV1(_)
                         | Event::RoundRecordedV2(_)
+                        | Event::RoundRecordedV3(_)
                 )
             {
                 assert!(

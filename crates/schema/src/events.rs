@@ -231,6 +231,57 @@ impl From<RoundRecordedV1> for RoundRecordedV2 {
     }
 }
 
+/// A round, as [`RoundRecordedV2`], appended in parts. The log takes at most 1,000 messages in
+/// one atomic append, and a round over a backlog can decide many more; so its decisions are
+/// split into `parts` consecutive parts, each appended at once and closed by a record of its own
+/// (`part` counts from 0; every part's record carries the whole round's totals). A matcher that
+/// stops between two parts leaves the round cut short at a part's record: the decisions after it
+/// were never made, and the next round decides again over what they would have touched.
+/// [`RoundRecordedV2`] (and so [`RoundRecordedV1`]) upcasts to part 0 of 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRecordedV3 {
+    pub round: EntityId,
+    pub through_seq: u64,
+    pub log_time: Timestamp,
+    pub policy_version: u32,
+    pub proposed: u32,
+    pub expired: u32,
+    pub cancelled: u32,
+    /// The round's optimum: the sum of the proposals' scores.
+    pub total_score: i64,
+    /// The engine version that decided the round.
+    pub engine: u16,
+    /// Which part of the round this record closes, from 0.
+    pub part: u32,
+    /// How many parts the round was appended in.
+    pub parts: u32,
+}
+
+impl RoundRecordedV3 {
+    /// Whether this record closes the round's last part (the round is then wholly on the log).
+    pub fn is_last_part(&self) -> bool {
+        self.part + 1 >= self.parts
+    }
+}
+
+impl From<RoundRecordedV2> for RoundRecordedV3 {
+    fn from(r: RoundRecordedV2) -> Self {
+        Self {
+            round: r.round,
+            through_seq: r.through_seq,
+            log_time: r.log_time,
+            policy_version: r.policy_version,
+            proposed: r.proposed,
+            expired: r.expired,
+            cancelled: r.cancelled,
+            total_score: r.total_score,
+            engine: r.engine,
+            part: 0,
+            parts: 1,
+        }
+    }
+}
+
 /// An assignment was not accepted within the policy's time (in log time); its need is open again.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssignmentExpiredV1 {
@@ -281,6 +332,7 @@ pub enum Event {
     AssignmentExpiredV1(AssignmentExpiredV1),
     AssignmentCancelledV1(AssignmentCancelledV1),
     RoundRecordedV2(RoundRecordedV2),
+    RoundRecordedV3(RoundRecordedV3),
 }
 
 /// The entity an event belongs to: its subject, and so its version sequence.
@@ -311,7 +363,9 @@ impl Event {
             Event::VolunteerRespondedV1(_) => "VolunteerResponded",
             Event::AssignmentCompletedV1(_) => "AssignmentCompleted",
             Event::TickV1(_) => "Tick",
-            Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) => "RoundRecorded",
+            Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) | Event::RoundRecordedV3(_) => {
+                "RoundRecorded"
+            }
             Event::AssignmentExpiredV1(_) => "AssignmentExpired",
             Event::AssignmentCancelledV1(_) => "AssignmentCancelled",
         }
@@ -338,6 +392,7 @@ impl Event {
             Event::TickV1(_) => EntityRef::Tick,
             Event::RoundRecordedV1(e) => EntityRef::Entity(K::Round, e.round),
             Event::RoundRecordedV2(e) => EntityRef::Entity(K::Round, e.round),
+            Event::RoundRecordedV3(e) => EntityRef::Entity(K::Round, e.round),
             Event::AssignmentExpiredV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
             Event::AssignmentCancelledV1(e) => EntityRef::Entity(K::Assignment, e.assignment),
         }
@@ -358,19 +413,22 @@ impl Event {
     }
 
     /// A round record of any version, as the current version.
-    pub fn round_record(&self) -> Option<RoundRecordedV2> {
+    pub fn round_record(&self) -> Option<RoundRecordedV3> {
         match self {
-            Event::RoundRecordedV1(r) => Some(r.clone().into()),
-            Event::RoundRecordedV2(r) => Some(r.clone()),
+            Event::RoundRecordedV1(r) => Some(RoundRecordedV2::from(r.clone()).into()),
+            Event::RoundRecordedV2(r) => Some(r.clone().into()),
+            Event::RoundRecordedV3(r) => Some(r.clone()),
             _ => None,
         }
     }
 
     /// Rewrites an old event version into the current one, so consumers only ever see the
-    /// newest version of each event: `RoundRecordedV1` becomes `RoundRecordedV2` of engine 1.
+    /// newest version of each event: `RoundRecordedV1` becomes `RoundRecordedV3` of engine 1,
+    /// `RoundRecordedV2` a `RoundRecordedV3` of one part.
     pub fn upcast(self) -> Event {
         match self {
-            Event::RoundRecordedV1(r) => Event::RoundRecordedV2(r.into()),
+            Event::RoundRecordedV1(r) => Event::RoundRecordedV3(RoundRecordedV2::from(r).into()),
+            Event::RoundRecordedV2(r) => Event::RoundRecordedV3(r.into()),
             e => e,
         }
     }

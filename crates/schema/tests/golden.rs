@@ -306,6 +306,25 @@ fn samples() -> Vec<(&'static str, Envelope)> {
             ),
         ),
         (
+            "RoundRecordedV3",
+            envelope(
+                "_",
+                Event::RoundRecordedV3(RoundRecordedV3 {
+                    round: id(5),
+                    through_seq: 123_456,
+                    log_time: t(1_795_000_100_000_000),
+                    policy_version: 2,
+                    proposed: 2_017,
+                    expired: 2,
+                    cancelled: 1,
+                    total_score: 98_765,
+                    engine: 4,
+                    part: 1,
+                    parts: 3,
+                }),
+            ),
+        ),
+        (
             "AssignmentExpiredV1",
             envelope(
                 "E06000014",
@@ -373,6 +392,7 @@ fn every_variant_has_a_sample() {
                 Event::AssignmentExpiredV1(_) => "AssignmentExpiredV1",
                 Event::AssignmentCancelledV1(_) => "AssignmentCancelledV1",
                 Event::RoundRecordedV2(_) => "RoundRecordedV2",
+                Event::RoundRecordedV3(_) => "RoundRecordedV3",
             };
             // A variant's later additions (an enum value added since) are samples of their
             // own: `{variant}-{what}`.
@@ -387,7 +407,7 @@ fn every_variant_has_a_sample() {
     let mut unique = names.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 19, "one sample per event version");
+    assert_eq!(unique.len(), 20, "one sample per event version");
 }
 
 #[test]
@@ -436,7 +456,7 @@ fn a_round_recorded_before_engines_were_named_reads_as_engine_1() {
     let decoded = Envelope::decode(&hex::decode(frozen.trim()).expect("hex")).expect("decodes");
     assert_eq!(
         decoded.event,
-        Event::RoundRecordedV2(RoundRecordedV2 {
+        Event::RoundRecordedV3(RoundRecordedV3 {
             round: id(5),
             through_seq: 123_456,
             log_time: t(1_795_000_100_000_000),
@@ -446,8 +466,21 @@ fn a_round_recorded_before_engines_were_named_reads_as_engine_1() {
             cancelled: 1,
             total_score: 98_765,
             engine: 1,
+            part: 0,
+            parts: 1,
         })
     );
+}
+
+#[test]
+fn a_round_recorded_before_rounds_had_parts_reads_as_one_part() {
+    let frozen = std::fs::read_to_string(fixture_path("RoundRecordedV2")).expect("fixture");
+    let decoded = Envelope::decode(&hex::decode(frozen.trim()).expect("hex")).expect("decodes");
+    let Event::RoundRecordedV3(r) = decoded.event else {
+        panic!("a V2 record reads as V3: {:?}", decoded.event);
+    };
+    assert_eq!((r.engine, r.part, r.parts, r.proposed), (2, 0, 1, 17));
+    assert!(r.is_last_part());
 }
 
 #[test]

@@ -197,7 +197,7 @@ pub fn check(
                     c.revoked.get_or_insert(seq);
                 }
             }
-            Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) => {
+            Event::RoundRecordedV1(_) | Event::RoundRecordedV2(_) | Event::RoundRecordedV3(_) => {
                 round = env
                     .event
                     .round_record()

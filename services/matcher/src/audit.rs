@@ -5,12 +5,16 @@
 //! record. The audit reads the log twice: first to learn which rounds were recorded, then to fold
 //! it, computing each round's expected events right after applying event S and comparing them
 //! with the matcher's events as they come. It reports the first divergence.
+//!
+//! A round appended in parts may end at a part that is not its last, if the matcher stopped
+//! between two parts: what it did record is verified like any other decision, and the round
+//! is reported as cut short (the decisions after that part were never made).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use muster_log::{LogConfig, LogConsumer};
 use muster_matching::State;
-use muster_matching::round::{ENGINE, LATEST_ENGINE, round_events, round_with};
+use muster_matching::round::{ENGINE, LATEST_ENGINE, round_events_in, round_with};
 use muster_schema::{Event, IncidentId, subject};
 
 use crate::MatcherError;
@@ -27,7 +31,11 @@ pub struct Divergence {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditReport {
     pub events: u64,
+    /// Rounds reproduced exactly, to their last part.
     pub rounds_verified: u64,
+    /// Rounds whose recorded parts were reproduced exactly but whose last parts are not on the
+    /// log: the matcher stopped between two parts.
+    pub rounds_cut_short: u64,
     pub decisions_verified: u64,
     /// Events that could not be decoded (set aside, as every reader does).
     pub set_aside: u64,
@@ -41,6 +49,7 @@ fn round_of(event: &Event) -> Option<u64> {
         Event::AssignmentCancelledV1(e) => Some(e.round_through_seq),
         Event::RoundRecordedV1(e) => Some(e.through_seq),
         Event::RoundRecordedV2(e) => Some(e.through_seq),
+        Event::RoundRecordedV3(e) => Some(e.through_seq),
         _ => None,
     }
 }
@@ -84,12 +93,13 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
         return Ok(report);
     }
 
-    // Pass 1: which rounds were recorded, each with the engine that decided it.
-    let mut recorded: BTreeMap<(IncidentId, u64), u16> = BTreeMap::new();
+    // Pass 1: which rounds were recorded, each with the engine that decided it and the number
+    // of parts it was appended in.
+    let mut recorded: BTreeMap<(IncidentId, u64), (u16, u32)> = BTreeMap::new();
     let mut ignored = 0;
     scan(&stream, end, &mut ignored, |_, env| {
         if let Some(r) = env.event.round_record() {
-            recorded.insert((env.incident.clone(), r.through_seq), r.engine);
+            recorded.insert((env.incident.clone(), r.through_seq), (r.engine, r.parts));
         }
         true
     })
@@ -98,6 +108,8 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
     // Pass 2: fold, predict each recorded round right after its S, compare.
     let mut states: BTreeMap<IncidentId, State> = BTreeMap::new();
     let mut expected: BTreeMap<(IncidentId, u64), VecDeque<Event>> = BTreeMap::new();
+    // Rounds whose last event seen closed a part that was not their last.
+    let mut between_parts: BTreeSet<(IncidentId, u64)> = BTreeSet::new();
     let mut set_aside = 0;
     let events = scan(&stream, end, &mut set_aside, |seq, env| {
         let key = |s: u64| (env.incident.clone(), s);
@@ -123,13 +135,22 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
                     return false;
                 }
             }
-            if env.event.round_record().is_some() {
-                report.rounds_verified += 1;
+            match env.event.round_record() {
+                Some(r) if r.is_last_part() => {
+                    report.rounds_verified += 1;
+                    between_parts.remove(&key(s));
+                }
+                Some(_) => {
+                    between_parts.insert(key(s));
+                }
+                None => {
+                    between_parts.remove(&key(s));
+                }
             }
         }
         let state = states.entry(env.incident.clone()).or_default();
         state.apply(seq, &env);
-        if let Some(&engine) = recorded.get(&key(seq)) {
+        if let Some(&(engine, parts)) = recorded.get(&key(seq)) {
             let Some(r) = round_with(state, engine) else {
                 report.divergence = Some(Divergence {
                     seq,
@@ -140,7 +161,7 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
                 });
                 return false;
             };
-            let predicted = round_events(state, &env.incident, &r)
+            let predicted = round_events_in(state, &env.incident, &r, parts)
                 .into_iter()
                 .map(|(_, e)| e)
                 .collect();
@@ -151,8 +172,14 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
     .await?;
     report.events = events;
     report.set_aside = set_aside;
-    if report.divergence.is_none()
-        && let Some(((incident, s), left)) = expected.iter().find(|(_, q)| !q.is_empty())
+    if report.divergence.is_some() {
+        return Ok(report);
+    }
+    let unfinished = || expected.iter().filter(|(_, q)| !q.is_empty());
+    report.rounds_cut_short = unfinished()
+        .filter(|(key, _)| between_parts.contains(*key))
+        .count() as u64;
+    if let Some(((incident, s), left)) = unfinished().find(|(key, _)| !between_parts.contains(*key))
     {
         report.divergence = Some(Divergence {
             seq: *s,

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use muster_log::{AppendError, Appender, AppenderConfig, Expect, LogConfig, LogConsumer, Outgoing};
 use muster_matching::State;
-use muster_matching::round::{round_events, round_until};
+use muster_matching::round::{Round, round_events, round_until};
 use muster_schema::{AgencyId, ENVELOPE_VERSION, EntityId, Envelope, Event, IncidentId, subject};
 
 use crate::MatcherError;
@@ -65,8 +65,11 @@ struct Incident {
     last_round: u64,
     /// Inputs since the last round was cut (the policy's events-per-round rule).
     since_cut: u32,
-    /// A round appended but not yet read back from the log.
+    /// A round appended but not yet read back from the log (to its last part).
     awaiting: Option<u64>,
+    /// The last round read back ended at a part that was not its last: its other decisions
+    /// are not on the log (yet, or ever, if the matcher that cut it stopped between parts).
+    cut_short: bool,
     /// When (wall clock) the matcher last read an event of this incident.
     last_heard: std::time::Instant,
 }
@@ -86,9 +89,10 @@ impl Incident {
             })
     }
 
-    /// Something happened that no round has considered yet.
+    /// Something happened that no round has considered yet, or the last round was cut short
+    /// (with no round of ours in flight, what it left undecided is work for the next one).
     fn dirty(&self) -> bool {
-        self.last_input > self.last_round
+        self.last_input > self.last_round || self.cut_short
     }
 }
 
@@ -101,6 +105,7 @@ fn is_decision(event: &Event) -> bool {
             | Event::AssignmentCancelledV1(_)
             | Event::RoundRecordedV1(_)
             | Event::RoundRecordedV2(_)
+            | Event::RoundRecordedV3(_)
     )
 }
 
@@ -241,6 +246,7 @@ async fn run_until(
                     last_round: s.last_round,
                     since_cut: 0,
                     awaiting: None,
+                    cut_short: s.cut_short,
                     last_heard: std::time::Instant::now(),
                 },
             );
@@ -311,15 +317,17 @@ async fn run_until(
                 last_round: 0,
                 since_cut: 0,
                 awaiting: None,
+                cut_short: false,
                 last_heard: std::time::Instant::now(),
             });
         inc.last_heard = std::time::Instant::now();
         inc.state.apply(d.seq, &env);
         match env.event.round_record() {
             Some(r) => {
-                if inc.awaiting == Some(r.through_seq) {
+                if inc.awaiting == Some(r.through_seq) && r.is_last_part() {
                     inc.awaiting = None;
                 }
+                inc.cut_short = !r.is_last_part();
                 inc.last_round = inc.last_round.max(r.through_seq);
                 // Its expiries and cancellations opened needs (and freed volunteers) that no
                 // round has considered: work for the next one, even if nothing else happens.
@@ -400,6 +408,7 @@ async fn save(
                 stood_down: i.stood_down,
                 last_input: i.last_input,
                 last_round: i.last_round,
+                cut_short: i.cut_short,
             };
             crate::snapshot::encode(&r).map(|bytes| (i.id.clone(), bytes))
         })
@@ -459,55 +468,71 @@ async fn cut(
     let decided = deciding.elapsed();
     inc.since_cut = 0;
     inc.last_round = r.through_seq;
+    // This round decides afresh over whatever a round cut short left undecided.
+    inc.cut_short = false;
     if r.is_empty() {
         return Ok(());
     }
     let s = r.through_seq;
-    let events = round_events(&inc.state, &inc.id, &r);
-    let last = events.len() - 1;
-    let outgoing: Vec<Outgoing> = events
-        .into_iter()
-        .enumerate()
-        .map(|(i, (partition, event))| {
-            let msg_id = decision_msg_id(&inc.id, s, i);
-            let env = Envelope {
-                schema_version: ENVELOPE_VERSION,
-                event_id: EntityId::hash(&[msg_id.as_bytes()]),
-                incident: inc.id.clone(),
-                partition,
-                recorded_at: inc.state.now,
-                actor: matcher_actor(),
-                idempotency_key: format!("round-{s}"),
-                correlation_id: format!("round-{}-{s}", inc.id),
-                causation_id: None,
-                event,
-            };
-            let subject = subject::for_envelope(&env);
-            // The record is guarded by its own subject: recorded once, even after the
-            // duplicate window.
-            let expect = if i == last {
-                Expect::Nothing {
-                    filter: subject.clone(),
-                }
-            } else {
-                Expect::Anything
-            };
-            Outgoing {
-                subject,
-                payload: env.encode().into(),
-                msg_id,
-                expect,
-            }
-        })
-        .collect();
-    tracing::info!(incident = %inc.id, through_seq = s, proposed = r.proposals.len(), expired = r.expired.len(), cancelled = r.cancelled.len(), decided_ms = decided.as_millis() as u64, "round cut");
+    let parts = round_appends(&inc.id, &inc.state, &r);
+    tracing::info!(incident = %inc.id, through_seq = s, proposed = r.proposals.len(), expired = r.expired.len(), cancelled = r.cancelled.len(), parts = parts.len(), decided_ms = decided.as_millis() as u64, "round cut");
     let appending = std::time::Instant::now();
-    for chunk in outgoing.chunks(muster_log::appender::MAX_BATCH) {
-        append_until_stored(appender, chunk.to_vec(), &inc.id, s).await?;
+    let mut events = 0;
+    for part in parts {
+        events += part.len();
+        append_until_stored(appender, part, &inc.id, s).await?;
     }
-    tracing::info!(incident = %inc.id, through_seq = s, events = outgoing.len(), appended_ms = appending.elapsed().as_millis() as u64, "round appended");
+    tracing::info!(incident = %inc.id, through_seq = s, events, appended_ms = appending.elapsed().as_millis() as u64, "round appended");
     inc.awaiting = Some(s);
     Ok(())
+}
+
+// A part of a round and its record must fit one atomic append.
+const _: () = assert!(muster_matching::round::DECISIONS_PER_PART < muster_log::appender::MAX_BATCH);
+
+/// Round `r` of `incident` (decided over `state`) as the matcher appends it: one atomic append
+/// per part, each its decisions then the part's record ([`round_events`]).
+pub fn round_appends(incident: &IncidentId, state: &State, r: &Round) -> Vec<Vec<Outgoing>> {
+    let s = r.through_seq;
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    for (i, (partition, event)) in round_events(state, incident, r).into_iter().enumerate() {
+        let msg_id = decision_msg_id(incident, s, i);
+        let record = event.round_record();
+        let env = Envelope {
+            schema_version: ENVELOPE_VERSION,
+            event_id: EntityId::hash(&[msg_id.as_bytes()]),
+            incident: incident.clone(),
+            partition,
+            recorded_at: state.now,
+            actor: matcher_actor(),
+            idempotency_key: format!("round-{s}"),
+            correlation_id: format!("round-{incident}-{s}"),
+            causation_id: None,
+            event,
+        };
+        let subject = subject::for_envelope(&env);
+        // The first part's record is guarded by the round's own subject: the round is
+        // recorded once, even after the duplicate window. (Later parts' records share that
+        // subject; they follow the first within one run of the matcher, inside the window.)
+        let expect = match &record {
+            Some(rec) if rec.part == 0 => Expect::Nothing {
+                filter: subject.clone(),
+            },
+            _ => Expect::Anything,
+        };
+        part.push(Outgoing {
+            subject,
+            payload: env.encode().into(),
+            msg_id,
+            expect,
+        });
+        if record.is_some() {
+            parts.push(std::mem::take(&mut part));
+        }
+    }
+    debug_assert!(part.is_empty(), "a round's events end with a record");
+    parts
 }
 
 /// Appends one chunk of a round, retrying while the log is unavailable (the ids make retries
