@@ -13,17 +13,62 @@ fn req<T>(body: T) -> tonic::Request<T> {
     r
 }
 
-fn ts(s: i64) -> Option<prost_types::Timestamp> {
-    Some(prost_types::Timestamp {
-        seconds: s,
+const DAY: pb::TimeWindow = pb::TimeWindow {
+    start: Some(prost_types::Timestamp {
+        seconds: 1_800_000_000,
         nanos: 0,
-    })
+    }),
+    end: Some(prost_types::Timestamp {
+        seconds: 1_800_086_400,
+        nanos: 0,
+    }),
+};
+
+const AT: Option<pb::Location> = Some(pb::Location {
+    lat: 54.14,
+    lon: -1.52,
+});
+
+/// A need in Ripon (reference and key `reference`) that any volunteer of
+/// [`needs_and_volunteers`] can meet.
+fn report(reference: &str) -> pb::ReportNeedRequest {
+    pb::ReportNeedRequest {
+        idempotency_key: reference.into(),
+        incident: "ripon".into(),
+        partition: "E07000166".into(),
+        reference: reference.into(),
+        need: Some(pb::NeedSpec {
+            category: pb::Category::Food as i32,
+            urgency: 3,
+            party_size: 1,
+            window: Some(DAY),
+            location: AT,
+            required_skills: vec![],
+            required_verifications: vec![],
+            vulnerable: false,
+        }),
+        personal: None,
+    }
 }
 
 /// nats-server, intake and a matcher ticking every 200 ms; incident `ripon` declared with
 /// `policy`, one volunteer's offer and one need it can meet.
 async fn one_need_one_volunteer(
     policy: Option<pb::Policy>,
+) -> (
+    Nats,
+    Intake,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), muster_matcher::MatcherError>>,
+) {
+    needs_and_volunteers(policy, 1).await
+}
+
+/// As [`one_need_one_volunteer`], with `n` volunteers (`vol-1`…) each offering one place and
+/// `n` needs (references `n0`…), any of which any of them can meet.
+async fn needs_and_volunteers(
+    policy: Option<pb::Policy>,
+    n: usize,
 ) -> (
     Nats,
     Intake,
@@ -50,54 +95,34 @@ async fn one_need_one_volunteer(
     }))
     .await
     .expect("declare");
-    let day = pb::TimeWindow {
-        start: ts(1_800_000_000),
-        end: ts(1_800_086_400),
-    };
-    let at = Some(pb::Location {
-        lat: 54.14,
-        lon: -1.52,
-    });
-    c.register_offer(req(pb::RegisterOfferRequest {
-        idempotency_key: "o".into(),
-        incident: "ripon".into(),
-        partition: "E07000166".into(),
-        reference: "o".into(),
-        provider: Some(pb::Provider {
-            kind: pb::ProviderKind::Volunteer as i32,
-            id: "vol-1".into(),
-        }),
-        offer: Some(pb::OfferSpec {
-            kinds: vec![pb::Category::Food as i32],
-            skills: vec![],
-            capacity: 1,
-            location: at,
-            travel_radius_m: 5_000,
-            availability: vec![day],
-        }),
-        personal: None,
-    }))
-    .await
-    .expect("offer");
-    c.report_need(req(pb::ReportNeedRequest {
-        idempotency_key: "n".into(),
-        incident: "ripon".into(),
-        partition: "E07000166".into(),
-        reference: "n".into(),
-        need: Some(pb::NeedSpec {
-            category: pb::Category::Food as i32,
-            urgency: 3,
-            party_size: 1,
-            window: Some(day),
-            location: at,
-            required_skills: vec![],
-            required_verifications: vec![],
-            vulnerable: false,
-        }),
-        personal: None,
-    }))
-    .await
-    .expect("need");
+    for i in 0..n {
+        c.register_offer(req(pb::RegisterOfferRequest {
+            idempotency_key: format!("o{i}"),
+            incident: "ripon".into(),
+            partition: "E07000166".into(),
+            reference: format!("o{i}"),
+            provider: Some(pb::Provider {
+                kind: pb::ProviderKind::Volunteer as i32,
+                id: format!("vol-{}", i + 1),
+            }),
+            offer: Some(pb::OfferSpec {
+                kinds: vec![pb::Category::Food as i32],
+                skills: vec![],
+                capacity: 1,
+                location: AT,
+                travel_radius_m: 5_000,
+                availability: vec![DAY],
+            }),
+            personal: None,
+        }))
+        .await
+        .expect("offer");
+    }
+    for i in 0..n {
+        c.report_need(req(report(&format!("n{i}"))))
+            .await
+            .expect("need");
+    }
 
     (nats, intake, stop, matcher)
 }
@@ -214,4 +239,134 @@ async fn a_need_whose_proposal_expired_is_proposed_again_in_a_quiet_incident() {
         .await
         .expect("matcher task")
         .expect("matcher stopped cleanly");
+}
+
+/// Standing an incident down ends the matching, not the work under way: the matcher's next
+/// round cancels the proposal still awaiting an answer and proposes nothing more; intake takes
+/// no new need and no acceptance, but a volunteer who accepted can still complete the task and
+/// an agency can still withdraw a need. The audit reproduces every round.
+#[tokio::test]
+async fn a_stood_down_incident_cancels_unanswered_proposals_and_lets_accepted_tasks_finish() {
+    use muster_schema::events::CancelReason;
+    let (nats, intake, stop, matcher) = needs_and_volunteers(None, 2).await;
+    let mut c = intake.client().await;
+    let (_, stream) = nats.log().await;
+    let proposals = |log: &[(u64, String, muster_schema::Envelope)]| -> Vec<_> {
+        log.iter()
+            .filter_map(|(_, _, e)| match &e.event {
+                Event::AssignmentProposedV1(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut proposed = Vec::new();
+    for _ in 0..100 {
+        proposed = proposals(&read_all(&stream).await);
+        if proposed.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(proposed.len(), 2, "both needs proposed");
+    let (accepted, unanswered) = (proposed[0].assignment, proposed[1].assignment);
+    c.respond_to_assignment(req(pb::RespondToAssignmentRequest {
+        idempotency_key: "accept".into(),
+        incident: "ripon".into(),
+        assignment_id: accepted.to_hex(),
+        response: pb::AssignmentResponse::Accept as i32,
+        reason: String::new(),
+    }))
+    .await
+    .expect("accept");
+    let stood_down = c
+        .stand_down_incident(req(pb::StandDownIncidentRequest {
+            idempotency_key: "sd".into(),
+            incident: "ripon".into(),
+            reason: "water receded".into(),
+            expected_version: None,
+        }))
+        .await
+        .expect("stand down")
+        .into_inner()
+        .sequence;
+
+    // The matcher cancels the unanswered proposal, and only that one.
+    let cancelled = |log: &[(u64, String, muster_schema::Envelope)]| -> Vec<_> {
+        log.iter()
+            .filter_map(|(_, _, e)| match &e.event {
+                Event::AssignmentCancelledV1(x) => Some((x.assignment, x.reason)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = cancelled(&read_all(&stream).await);
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, vec![(unanswered, CancelReason::IncidentStoodDown)]);
+
+    // Intake: no new need, no acceptance (of the cancelled proposal or any other)...
+    let err = c
+        .report_need(req(report("late")))
+        .await
+        .expect_err("a need after the stand-down");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("stood down"), "{}", err.message());
+    let err = c
+        .respond_to_assignment(req(pb::RespondToAssignmentRequest {
+            idempotency_key: "late-accept".into(),
+            incident: "ripon".into(),
+            assignment_id: unanswered.to_hex(),
+            response: pb::AssignmentResponse::Accept as i32,
+            reason: String::new(),
+        }))
+        .await
+        .expect_err("an acceptance after the stand-down");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    // ...but the accepted task is completed, and the need left open is withdrawn.
+    c.complete_assignment(req(pb::CompleteAssignmentRequest {
+        idempotency_key: "done".into(),
+        incident: "ripon".into(),
+        assignment_id: accepted.to_hex(),
+        personal: None,
+    }))
+    .await
+    .expect("a completion after the stand-down");
+    c.withdraw_need(req(pb::WithdrawNeedRequest {
+        idempotency_key: "close".into(),
+        incident: "ripon".into(),
+        need_id: proposed[1].need.to_hex(),
+        expected_version: None,
+        reason: "closed at stand-down".into(),
+    }))
+    .await
+    .expect("a withdrawal after the stand-down");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let _ = stop.send(());
+    matcher
+        .await
+        .expect("matcher task")
+        .expect("matcher stopped cleanly");
+
+    let log = read_all(&stream).await;
+    assert!(
+        proposals(&log)
+            .iter()
+            .all(|p| p.round_through_seq < stood_down),
+        "no round cut after the stand-down proposed"
+    );
+    assert_eq!(cancelled(&log).len(), 1);
+    assert!(log.iter().any(|(_, _, e)| matches!(
+        &e.event,
+        Event::AssignmentCompletedV1(x) if x.assignment == accepted
+    )));
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None);
+    assert!(report.rounds_verified >= 2, "{report:?}");
 }

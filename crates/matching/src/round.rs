@@ -662,7 +662,12 @@ pub struct RoundInstance {
 }
 
 /// The open needs of `state`, in id order: the rows of a round.
+/// The needs a round matches: the open ones, none once the incident is stood down (its rounds
+/// only end what can no longer stand).
 fn open_needs(state: &State) -> Vec<(&EntityId, &crate::state::Need)> {
+    if state.stood_down {
+        return Vec::new();
+    }
     state.open_needs().collect()
 }
 

@@ -121,6 +121,9 @@ pub struct Assignment {
 pub struct State {
     pub policy: PolicyV1,
     pub policy_version: u32,
+    /// The incident was stood down: rounds propose nothing more, and cancel every proposal
+    /// still awaiting an answer.
+    pub stood_down: bool,
     pub through_seq: u64,
     /// The latest recorded time seen: the log's clock.
     pub now: Timestamp,
@@ -277,9 +280,18 @@ impl State {
     }
 
     /// Why a live assignment can no longer stand at the log's time, if it cannot: its need or
-    /// offer withdrawn, a verification its need requires no longer held, or either changed so
-    /// that the offer no longer serves the need.
+    /// offer withdrawn, a verification its need requires no longer held, either changed so
+    /// that the offer no longer serves the need, or (a proposal not yet answered) the incident
+    /// stood down.
     pub fn cancel_reason(&self, a: &Assignment) -> Option<CancelReason> {
+        self.broken(a).or_else(|| {
+            (self.stood_down && matches!(a.status, AssignmentStatus::Pending { .. }))
+                .then_some(CancelReason::IncidentStoodDown)
+        })
+    }
+
+    /// Why a live assignment's need and offer can no longer stand together, if they cannot.
+    fn broken(&self, a: &Assignment) -> Option<CancelReason> {
         let need = self.needs.get(&a.need);
         let offer = self.offer(&a.offer);
         let offer_gone = offer.is_none_or(|o| o.withdrawn);
@@ -524,8 +536,14 @@ impl State {
                 self.policy = e.policy.clone();
                 self.policy_version = e.policy_version;
             }
-            Event::IncidentStoodDownV1(_)
-            | Event::TickV1(_)
+            Event::IncidentStoodDownV1(_) => {
+                self.stood_down = true;
+                let pending: Vec<EntityId> = self.pending.iter().map(|(_, id)| *id).collect();
+                for id in pending {
+                    self.assess(id);
+                }
+            }
+            Event::TickV1(_)
             | Event::RoundRecordedV1(_)
             | Event::RoundRecordedV2(_)
             | Event::RoundRecordedV3(_) => {}

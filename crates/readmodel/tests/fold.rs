@@ -604,6 +604,9 @@ mod properties {
         /// An enhanced check for a volunteer, and its revocation.
         Verify(u8, u8),
         Revoke(u8),
+        /// The incident stood down: from here on only what intake still takes (withdrawals,
+        /// revocations, declines, completions) and the matcher's rounds.
+        StandDown,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -622,6 +625,7 @@ mod properties {
                 .prop_map(|(n, u, v, p)| Step::UpdateNeed(n, u, v, p)),
             1 => (0u8..6, 0u8..5).prop_map(|(c, v)| Step::Verify(c, v)),
             1 => (0u8..6).prop_map(Step::Revoke),
+            1 => Just(Step::StandDown),
         ]
     }
 
@@ -630,7 +634,20 @@ mod properties {
         let mut proposed: Vec<EntityId> = Vec::new();
         // A round cut and not yet appended: the next step's events land before it.
         let mut cut: Option<Vec<Event>> = None;
+        let mut stood_down = false;
         for s in steps {
+            let refused = matches!(
+                s,
+                Step::Need(..)
+                    | Step::Offer(..)
+                    | Step::UpdateNeed(..)
+                    | Step::Verify(..)
+                    | Step::Respond(_, true)
+                    | Step::StandDown
+            );
+            if stood_down && refused {
+                continue;
+            }
             let mut appending = cut.take();
             if matches!(s, Step::Round | Step::Cut)
                 && let Some(round) = appending.take()
@@ -733,6 +750,16 @@ mod properties {
                         }),
                     );
                 }
+                Step::StandDown => {
+                    stood_down = true;
+                    log.event(
+                        "_",
+                        Event::IncidentStoodDownV1(IncidentStoodDownV1 {
+                            incident: incident(),
+                            reason: "over".into(),
+                        }),
+                    );
+                }
             }
             if let Some(round) = appending {
                 proposed.extend(log.append(round));
@@ -741,7 +768,44 @@ mod properties {
         if let Some(round) = cut {
             proposed.extend(log.append(round));
         }
+        if stood_down {
+            // The stand-down is new input: the matcher cuts a round after it.
+            log.round();
+        }
         log
+    }
+
+    /// Rounds cut after the incident was stood down propose nothing, and once the matcher has
+    /// cut one no proposal is left awaiting an answer: in the matcher's state or the read
+    /// models.
+    fn stand_down_holds(log: &Log, store: &MemStore) {
+        let Some(at) = log.items.iter().find_map(|(seq, _, env)| {
+            env.as_ref()
+                .ok()
+                .filter(|e| matches!(e.event, Event::IncidentStoodDownV1(_)))
+                .map(|_| *seq)
+        }) else {
+            return;
+        };
+        for (seq, _, env) in &log.items {
+            if let Ok(env) = env
+                && let Event::AssignmentProposedV1(p) = &env.event
+            {
+                assert!(
+                    p.round_through_seq < at,
+                    "seq {seq}: a round cut at {} (after the stand-down at {at}) proposed",
+                    p.round_through_seq
+                );
+            }
+        }
+        assert!(
+            log.state.assignments.values().all(|a| !matches!(
+                a.status,
+                muster_matching::state::AssignmentStatus::Pending { .. }
+            )),
+            "a proposal still awaits an answer after the stand-down's round"
+        );
+        assert_eq!(counter(store, "assignment.proposed"), 0);
     }
 
     /// Every event of the engine's rounds is applied, whatever landed between a round's cut
@@ -941,6 +1005,7 @@ mod properties {
             recount(&store);
             rounds_applied(&log, &store);
             matcher_agrees(&log, &store);
+            stand_down_holds(&log, &store);
         }
 
         #[test]

@@ -300,6 +300,9 @@ pub enum CancelReason {
     /// help or skills, a party beyond the offer's room, no common time, out of reach. (Added
     /// after the others: their encodings are unchanged.)
     NoLongerFits,
+    /// The incident was stood down before the volunteer answered: no one is sent out for it
+    /// any more. (Added after the others.)
+    IncidentStoodDown,
 }
 
 /// An assignment was cancelled; unless its need was withdrawn, the need is open again.

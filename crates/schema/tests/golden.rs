@@ -357,6 +357,17 @@ fn samples() -> Vec<(&'static str, Envelope)> {
                 }),
             ),
         ),
+        (
+            "AssignmentCancelledV1-stood-down",
+            envelope(
+                "E06000014",
+                Event::AssignmentCancelledV1(AssignmentCancelledV1 {
+                    assignment: id(4),
+                    reason: CancelReason::IncidentStoodDown,
+                    round_through_seq: 123_456,
+                }),
+            ),
+        ),
     ]
 }
 

@@ -58,6 +58,23 @@ pub struct Draft {
 }
 
 impl Draft {
+    /// Whether this command only ends something (a need or offer withdrawn, a check revoked, a
+    /// proposal declined, a task completed): taken after the incident is stood down too, so
+    /// that agencies and volunteers can close out what was under way.
+    pub fn closes_out(&self) -> bool {
+        matches!(
+            &self.event,
+            Event::NeedWithdrawnV1(_)
+                | Event::OfferWithdrawnV1(_)
+                | Event::VerificationRevokedV1(_)
+                | Event::AssignmentCompletedV1(_)
+                | Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+                    response: Response::Decline,
+                    ..
+                })
+        )
+    }
+
     /// The id reported back to the client.
     pub fn entity_id(&self) -> String {
         match &self.target {
@@ -267,7 +284,11 @@ pub async fn resolve(
         Target::Entity {
             expected, requires, ..
         } => {
-            directory.active(&draft.incident).await?;
+            if draft.closes_out() {
+                directory.declared(&draft.incident).await?;
+            } else {
+                directory.active(&draft.incident).await?;
+            }
             let Some(last) = reader.last(&draft.filter()).await? else {
                 return Err(IntakeError::not_found(
                     draft.field(),

@@ -84,18 +84,23 @@ impl Directory {
         Ok(Some(state))
     }
 
+    /// The incident's state, which must exist (stood down or not).
+    pub async fn declared(&self, id: &IncidentId) -> Result<Arc<IncidentState>, IntakeError> {
+        self.get(id).await?.ok_or_else(|| {
+            IntakeError::not_found("incident", format!("incident {id} has not been declared"))
+        })
+    }
+
     /// The incident's state, which must exist and not be stood down.
     pub async fn active(&self, id: &IncidentId) -> Result<Arc<IncidentState>, IntakeError> {
-        match self.get(id).await? {
-            None => Err(IntakeError::not_found(
+        match self.declared(id).await? {
+            s if s.stood_down => Err(IntakeError::precondition(
                 "incident",
-                format!("incident {id} has not been declared"),
+                format!(
+                    "incident {id} has been stood down: only withdrawals, revocations, declines and completions are taken"
+                ),
             )),
-            Some(s) if s.stood_down => Err(IntakeError::precondition(
-                "incident",
-                format!("incident {id} has been stood down"),
-            )),
-            Some(s) => Ok(s),
+            s => Ok(s),
         }
     }
 

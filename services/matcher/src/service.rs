@@ -3,7 +3,9 @@
 //! History (everything on the log when the matcher starts) is only folded: rounds recorded in it
 //! are applied like any other event and no round is cut for the past. Once live, a round of an
 //! incident is cut when something new has happened to it and either the matcher has caught up
-//! with the log or the policy's count of events per round has been reached.
+//! with the log or the policy's count of events per round has been reached. A stood-down
+//! incident's rounds propose nothing: they cancel the proposals still awaiting an answer, and
+//! end what can no longer stand (a need withdrawn, a check revoked) as before.
 //!
 //! The state lives in memory and is snapshotted to RocksDB (with the position it reflects) every
 //! `snapshot_every` events and at shutdown; a restart resumes from the snapshot's position + 1.
@@ -58,7 +60,6 @@ impl Config {
 struct Incident {
     id: IncidentId,
     state: State,
-    stood_down: bool,
     /// Sequence of the last event that is not the matcher's own.
     last_input: u64,
     /// S of the last round cut or read back.
@@ -78,7 +79,7 @@ impl Incident {
     /// Whether log time should be moved on: live, something waiting on time, nothing heard for
     /// `quiet`, and no round of ours in flight.
     fn tick_due(&self, quiet: Duration) -> bool {
-        !self.stood_down
+        !self.state.stood_down
             && self.awaiting.is_none()
             && self.last_heard.elapsed() >= quiet
             && self.state.assignments.values().any(|a| {
@@ -241,7 +242,6 @@ async fn run_until(
                 Incident {
                     id,
                     state: s.state,
-                    stood_down: s.stood_down,
                     last_input: s.last_input,
                     last_round: s.last_round,
                     since_cut: 0,
@@ -269,7 +269,7 @@ async fn run_until(
     let mut live = history_ends <= folded;
     if live {
         for inc in incidents.values_mut() {
-            if inc.dirty() && !inc.stood_down {
+            if inc.dirty() {
                 cut(inc, &appender, cancel).await?;
             }
         }
@@ -312,7 +312,6 @@ async fn run_until(
             .or_insert_with(|| Incident {
                 id: env.incident.clone(),
                 state: State::default(),
-                stood_down: false,
                 last_input: 0,
                 last_round: 0,
                 since_cut: 0,
@@ -337,8 +336,6 @@ async fn run_until(
             }
             None if is_decision(&env.event) => {}
             None => {
-                let e = &env.event;
-                inc.stood_down |= matches!(e, Event::IncidentStoodDownV1(_));
                 inc.last_input = d.seq;
                 inc.since_cut += 1;
             }
@@ -362,7 +359,6 @@ async fn run_until(
             if due
                 && inc.dirty()
                 && inc.awaiting.is_none()
-                && !inc.stood_down
                 && let Err(e) = cut(inc, &appender, cancel).await
             {
                 failure = Some(e);
@@ -405,7 +401,6 @@ async fn save(
         .map(|i| {
             let r = IncidentRef {
                 state: &i.state,
-                stood_down: i.stood_down,
                 last_input: i.last_input,
                 last_round: i.last_round,
                 cut_short: i.cut_short,

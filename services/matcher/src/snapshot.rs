@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::MatcherError;
 
 /// Bump when the engine's state changes shape: old snapshots are then rebuilt from the log.
-pub const SNAPSHOT_FORMAT: u32 = 4;
+pub const SNAPSHOT_FORMAT: u32 = 5;
 
 const META: &[u8] = b"matcher/meta";
 const INCIDENTS: &[u8] = b"matcher/incident/";
@@ -31,7 +31,6 @@ struct Meta {
 #[derive(Debug, Serialize)]
 pub struct IncidentRef<'a> {
     pub state: &'a State,
-    pub stood_down: bool,
     pub last_input: u64,
     pub last_round: u64,
     pub cut_short: bool,
@@ -41,7 +40,6 @@ pub struct IncidentRef<'a> {
 #[derive(Debug, Deserialize)]
 pub struct IncidentSnapshot {
     pub state: State,
-    pub stood_down: bool,
     pub last_input: u64,
     pub last_round: u64,
     pub cut_short: bool,
