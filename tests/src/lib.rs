@@ -55,6 +55,62 @@ impl Nats {
     }
 }
 
+/// A JetStream cluster of pinned nats-servers of this test's own, on random ports with
+/// temporary stores (`sync_interval: always`), each node killed on drop.
+#[derive(Debug)]
+pub struct Cluster {
+    pub nodes: Vec<NatsServer>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    /// Starts `n` nodes routed to one another.
+    pub async fn start(n: usize) -> Self {
+        let bin: std::path::PathBuf = std::env::var_os("MUSTER_NATS_SERVER")
+            .map(Into::into)
+            .unwrap_or_else(muster_natsd::default_binary);
+        // Routes must name their ports before the nodes start: free ports, picked now.
+        let ports: Vec<u16> = (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("a free port")
+                    .port()
+            })
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let dirs: Vec<tempfile::TempDir> = (0..n)
+            .map(|_| tempfile::tempdir().expect("temp dir for nats-server"))
+            .collect();
+        let starts = dirs.iter().zip(&ports).enumerate().map(|(i, (dir, port))| {
+            let mut config = NodeConfig::new(bin.clone(), dir.path().to_path_buf());
+            config.cluster = Some(muster_natsd::ClusterConfig {
+                name: "muster-test".into(),
+                server_name: format!("node-{}", i + 1),
+                port: *port,
+                routes: routes.clone(),
+            });
+            NatsServer::start(config)
+        });
+        let nodes = futures::future::try_join_all(starts)
+            .await
+            .expect("start the cluster's nodes");
+        Self { nodes, _dirs: dirs }
+    }
+
+    /// Every node's client URL, comma-separated (as a service is given them).
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// The intake service on a real TCP port, stopped on drop.
 #[derive(Debug)]
 pub struct Intake {
@@ -165,18 +221,22 @@ pub struct Projections {
 impl Projections {
     /// Starts folding the log of `nats_url` into `dir` and serving queries.
     pub async fn start(nats_url: &str, dir: &std::path::Path) -> Self {
+        Self::start_with(muster_projections::Config::new(nats_url, dir)).await
+    }
+
+    /// As [`Projections::start`], with `config`.
+    pub async fn start_with(config: muster_projections::Config) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (stop_fold, fold_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (projections, fold) =
-            muster_projections::start(muster_projections::Config::new(nats_url, dir), async {
-                let _ = fold_stopped.await;
-            })
-            .await
-            .expect("start projections");
+        let (projections, fold) = muster_projections::start(config, async {
+            let _ = fold_stopped.await;
+        })
+        .await
+        .expect("start projections");
         let served = projections.clone();
         let task = tokio::spawn(async move {
             muster_projections::serve(served, listener, async {

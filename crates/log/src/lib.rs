@@ -52,14 +52,22 @@ pub async fn open(
 
 /// Connects to NATS with the options every Muster service uses: retries on the initial connect
 /// are bounded by the caller; reconnects are unbounded so a restarted server is picked up.
+/// `url` may list several servers, comma-separated (the nodes of a cluster): the client
+/// connects to one and moves to another if it goes down (it also learns the cluster's other
+/// nodes from the one it reaches).
 pub async fn connect(
     url: &str,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .request_timeout(Some(std::time::Duration::from_secs(10)))
-        .connect(url)
+        .connect(servers)
         .await
 }
