@@ -10,9 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use muster_schema::events::{CancelReason, NeedSpecV1, OfferSpecV1};
+use muster_schema::assignment::{Move, Stage};
+use muster_schema::events::{CancelReason, EntityRef, NeedSpecV1, OfferSpecV1};
+use muster_schema::ids::EntityKind;
 use muster_schema::{
-    EntityId, Envelope, Event, PartitionCode, PersonId, PolicyV1, Provider, Response, Timestamp,
+    EntityId, Envelope, Event, PartitionCode, PersonId, PolicyV1, Provider, Timestamp,
 };
 
 use crate::index::{Class, SpatialIndex};
@@ -517,6 +519,50 @@ impl State {
         }
     }
 
+    /// An assignment's event, by the rule every reader of the log applies
+    /// ([`muster_schema::assignment`]): a round's decision that no longer holds, and anything
+    /// out of turn, change nothing.
+    fn moved(&mut self, event: &Event) {
+        let EntityRef::Entity(EntityKind::Assignment, id) = event.entity() else {
+            return;
+        };
+        let stage = match self.assignments.get(&id).map(|a| a.status) {
+            Some(AssignmentStatus::Pending { .. }) => Stage::Proposed,
+            Some(AssignmentStatus::Accepted) => Stage::Accepted,
+            None => Stage::Ended,
+        };
+        match (stage.on(event), event) {
+            (Move::To(Stage::Accepted), _) => {
+                if let Some(a) = self.assignments.get_mut(&id) {
+                    if let AssignmentStatus::Pending { proposed_at } = a.status {
+                        self.pending.remove(&(proposed_at, id));
+                    }
+                    a.status = AssignmentStatus::Accepted;
+                }
+            }
+            (Move::To(_), Event::VolunteerRespondedV1(_)) => {
+                if let Some(a) = self.release(&id) {
+                    let provider = self.provider_slot_of(&a.provider);
+                    self.declined.entry(a.need).or_default().insert(provider);
+                    // A need withdrawn meanwhile stays withdrawn.
+                    self.follow(&a.need, id, NeedStatus::Open);
+                }
+            }
+            (Move::To(_), Event::AssignmentCompletedV1(_)) => {
+                if let Some(a) = self.release(&id) {
+                    self.follow(&a.need, id, NeedStatus::Completed);
+                }
+            }
+            (Move::To(_), Event::AssignmentCancelledV1(c))
+                if c.reason == CancelReason::NeedWithdrawn =>
+            {
+                self.release(&id);
+            }
+            (Move::To(_), _) => self.reopen(&id),
+            (Move::Void | Move::Invalid, _) => {}
+        }
+    }
+
     /// Folds one event. Events the matcher does not need (and references to unknown entities)
     /// change nothing.
     pub fn apply(&mut self, seq: u64, env: &Envelope) {
@@ -685,55 +731,10 @@ impl State {
                 self.assignments.insert(e.assignment, a);
                 self.assess(e.assignment);
             }
-            Event::VolunteerRespondedV1(e) => match e.response {
-                Response::Accept => {
-                    if let Some(a) = self.assignments.get_mut(&e.assignment) {
-                        if let AssignmentStatus::Pending { proposed_at } = a.status {
-                            self.pending.remove(&(proposed_at, e.assignment));
-                        }
-                        a.status = AssignmentStatus::Accepted;
-                    }
-                }
-                // An answer only to a proposal no one has answered (as the read models take
-                // it; intake refuses any other).
-                Response::Decline
-                    if self
-                        .assignments
-                        .get(&e.assignment)
-                        .is_some_and(|a| matches!(a.status, AssignmentStatus::Pending { .. })) =>
-                {
-                    if let Some(a) = self.release(&e.assignment) {
-                        let provider = self.provider_slot_of(&a.provider);
-                        self.declined.entry(a.need).or_default().insert(provider);
-                        // A need withdrawn meanwhile stays withdrawn.
-                        self.follow(&a.need, e.assignment, NeedStatus::Open);
-                    }
-                }
-                Response::Decline => {}
-            },
-            // An expiry decided at a round's cut is void if the volunteer answered before it
-            // was appended: the answer stands.
-            Event::AssignmentExpiredV1(e) => {
-                if self
-                    .assignments
-                    .get(&e.assignment)
-                    .is_some_and(|a| matches!(a.status, AssignmentStatus::Pending { .. }))
-                {
-                    self.reopen(&e.assignment);
-                }
-            }
-            Event::AssignmentCancelledV1(e) => {
-                if e.reason == CancelReason::NeedWithdrawn {
-                    self.release(&e.assignment);
-                } else {
-                    self.reopen(&e.assignment);
-                }
-            }
-            Event::AssignmentCompletedV1(e) => {
-                if let Some(a) = self.release(&e.assignment) {
-                    self.follow(&a.need, e.assignment, NeedStatus::Completed);
-                }
-            }
+            Event::VolunteerRespondedV1(_)
+            | Event::AssignmentCompletedV1(_)
+            | Event::AssignmentExpiredV1(_)
+            | Event::AssignmentCancelledV1(_) => self.moved(&env.event),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! that is already over) is set aside with its sequence and reason. Handlers check everything
 //! they depend on before writing, so a set-aside event leaves no partial change behind.
 
+use muster_schema::assignment::{Move, Stage};
 use muster_schema::events::{CancelReason, ScoreV1};
 use muster_schema::ids::EntityKind;
 use muster_schema::values::{Provider, Response, Timestamp};
@@ -754,18 +755,17 @@ fn assignment_moved<R: Read + ?Sized>(
         _ => return refuse("not an assignment event"),
     };
     let mut a: AssignmentRecord = must(tx, Cf::Assignments, &id, "assignment")?;
-    let allowed = match to {
-        S::Accepted | S::Declined | S::Expired => a.status == S::Proposed,
-        _ => a.status.is_active(),
+    // By the rule every reader of the log applies (`muster_schema::assignment`): a round's
+    // expiry or cancellation that an answer or a completion overtook is void, anything else
+    // out of turn is set aside.
+    let stage = match a.status {
+        S::Proposed => Stage::Proposed,
+        S::Accepted => Stage::Accepted,
+        _ => Stage::Ended,
     };
-    if !allowed {
-        // The matcher decides expiries and cancellations at a round's cut; an answer or a
-        // completion that reached the log before the round's events were appended stands,
-        // and the decision is void (as the matcher's state takes it).
-        if matches!(
-            env.event,
-            Event::AssignmentExpiredV1(_) | Event::AssignmentCancelledV1(_)
-        ) {
+    match stage.on(&env.event) {
+        Move::To(_) => {}
+        Move::Void => {
             let mut fx = Effects::none();
             fx.touch(
                 HistoryOf::Entity(&id),
@@ -773,11 +773,13 @@ fn assignment_moved<R: Read + ?Sized>(
             );
             return Ok(fx);
         }
-        return refuse(format!(
-            "assignment {id} is {}; it cannot become {}",
-            a.status.name(),
-            to.name()
-        ));
+        Move::Invalid => {
+            return refuse(format!(
+                "assignment {id} is {}; it cannot become {}",
+                a.status.name(),
+                to.name()
+            ));
+        }
     }
     let mut need = get_need(tx, &a.need)?;
     let mut offer = get_offer(tx, &a.offer)?;

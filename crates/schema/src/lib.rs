@@ -5,6 +5,8 @@
 //! - [`values`]: domain values (time, location, categories, verification kinds, policy,
 //!   personal data) with validating constructors.
 //! - [`events`]: the event types, one struct per event *version*.
+//! - [`assignment`]: how an assignment moves from event to event, the rule every reader
+//!   applies.
 //! - [`envelope`]: the versioned envelope around every event and its postcard codec.
 //! - [`subject`]: how an event's routing (incident, partition, kind, entity) maps to a subject.
 //! - [`violation`]: field-level validation errors shared by every constructor.
@@ -15,6 +17,7 @@
 //! new variant appended at the *end* of [`events::Event`], plus an upcaster in
 //! [`events::Event::upcast`]. `tests/golden.rs` freezes the bytes of every version ever written.
 
+pub mod assignment;
 pub mod envelope;
 pub mod events;
 pub mod ids;

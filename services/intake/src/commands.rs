@@ -7,6 +7,7 @@
 
 use muster_log::{Expect, LogReader, Outgoing, StoredMessage};
 use muster_proto::v1 as pb;
+use muster_schema::assignment::{Move, Stage};
 use muster_schema::events::*;
 use muster_schema::ids::EntityKind;
 use muster_schema::{
@@ -23,10 +24,9 @@ use crate::error::IntakeError;
 pub enum Requires {
     /// Anything that does not end the entity's life.
     Live,
-    /// A proposed assignment that nobody has answered yet.
-    Proposed,
-    /// An assignment its volunteer accepted.
-    Accepted,
+    /// An assignment at a stage this change may follow (an answer a proposal awaiting one, a
+    /// completion an accepted assignment), by the rule in [`muster_schema::assignment`].
+    Turn,
 }
 
 /// Which entity a command writes to.
@@ -303,16 +303,17 @@ pub async fn resolve(
                 same_request(&draft, &last)?;
                 return Ok(Resolved::Duplicate(last));
             }
-            let mut event = decode_event(&draft, &last)?;
-            if matches!(requires, Requires::Proposed | Requires::Accepted)
-                && matches!(
-                    event,
-                    Event::AssignmentExpiredV1(_) | Event::AssignmentCancelledV1(_)
-                )
-            {
-                event = deciding_event(&draft, reader).await?;
+            let event = decode_event(&draft, &last)?;
+            match requires {
+                Requires::Live => check_live(&draft, &event)?,
+                Requires::Turn => {
+                    let stage = match Stage::after_last(&event) {
+                        Some(stage) => stage,
+                        None => stage_of(&draft, reader).await?,
+                    };
+                    check_turn(&draft, stage, &event)?;
+                }
             }
-            check_state(&draft, *requires, &event)?;
             let partition = subject::partition_of(&last.subject)
                 .and_then(|p| {
                     if p == "_" {
@@ -392,62 +393,56 @@ fn decode_event(draft: &Draft, m: &StoredMessage) -> Result<Event, IntakeError> 
     })
 }
 
-/// The event that decides an assignment's state, as the matcher and the read models fold it:
-/// its last, except that a round's expiry or cancellation is void when an answer or a
-/// completion reached the log first (rounds are decided at their cut and appended after).
-/// Read only when the last event is such a decision: an assignment has a handful of events.
-async fn deciding_event(draft: &Draft, reader: &LogReader) -> Result<Event, IntakeError> {
+/// The stage of the assignment `draft` changes, from its whole history on the log.
+async fn stage_of(draft: &Draft, reader: &LogReader) -> Result<Stage, IntakeError> {
     let filter = draft.filter();
-    let mut deciding: Option<Event> = None;
+    let mut events = Vec::new();
     let mut from = 1;
     while let Some(m) = reader.next(&filter, from).await? {
         from = m.seq + 1;
-        let event = decode_event(draft, &m)?;
-        // Some(true): awaiting an answer; Some(false): accepted; None: ended.
-        let live = match &deciding {
-            Some(Event::AssignmentProposedV1(_)) => Some(true),
-            Some(Event::VolunteerRespondedV1(r)) if r.response == Response::Accept => Some(false),
-            _ => None,
-        };
-        let void = match event {
-            Event::AssignmentExpiredV1(_) => live != Some(true),
-            Event::AssignmentCancelledV1(_) => live.is_none(),
-            _ => false,
-        };
-        if !void {
-            deciding = Some(event);
-        }
+        events.push(decode_event(draft, &m)?);
     }
-    deciding.ok_or_else(|| IntakeError::Internal(format!("{} has no events", draft.label())))
+    Stage::after(&events).ok_or_else(|| {
+        IntakeError::Internal(format!(
+            "{}'s events on the log do not start with its proposal",
+            draft.label()
+        ))
+    })
 }
 
-fn check_state(draft: &Draft, requires: Requires, last: &Event) -> Result<(), IntakeError> {
-    let refuse = |why: &str| {
-        Err(IntakeError::precondition(
-            draft.field(),
-            format!("{} {why}", draft.label()),
-        ))
-    };
-    match requires {
-        Requires::Live if last.is_terminal() => {
-            refuse(&format!("has ended ({})", last.type_name()))
-        }
-        Requires::Live => Ok(()),
-        Requires::Proposed => match last {
-            Event::AssignmentProposedV1(_) => Ok(()),
-            other => refuse(&format!(
-                "is not awaiting a response (last event: {})",
-                other.type_name()
-            )),
-        },
-        Requires::Accepted => match last {
-            Event::VolunteerRespondedV1(r) if r.response == Response::Accept => Ok(()),
-            other => refuse(&format!(
-                "has not been accepted (last event: {})",
-                other.type_name()
-            )),
-        },
+fn refuse(draft: &Draft, why: &str) -> Result<(), IntakeError> {
+    Err(IntakeError::precondition(
+        draft.field(),
+        format!("{} {why}", draft.label()),
+    ))
+}
+
+/// An entity that has not ended.
+fn check_live(draft: &Draft, last: &Event) -> Result<(), IntakeError> {
+    if last.is_terminal() {
+        return refuse(draft, &format!("has ended ({})", last.type_name()));
     }
+    Ok(())
+}
+
+/// An assignment at `stage` (its last event on the log `last`) that `draft`'s change may
+/// follow.
+fn check_turn(draft: &Draft, stage: Stage, last: &Event) -> Result<(), IntakeError> {
+    if matches!(stage.on(&draft.event), Move::To(_)) {
+        return Ok(());
+    }
+    let why = match draft.event {
+        Event::AssignmentCompletedV1(_) => "has not been accepted",
+        _ => "is not awaiting a response",
+    };
+    refuse(
+        draft,
+        &format!(
+            "{why} (it is {}; last event: {})",
+            stage.name(),
+            last.type_name()
+        ),
+    )
 }
 
 /// After the log refused an append because an expectation did not hold: was it this request,
@@ -878,7 +873,7 @@ pub fn respond(
             kind: EntityKind::Assignment,
             id,
             expected: None,
-            requires: Requires::Proposed,
+            requires: Requires::Turn,
         },
         event: Event::VolunteerRespondedV1(VolunteerRespondedV1 {
             assignment: id,
@@ -905,7 +900,7 @@ pub fn complete(
             kind: EntityKind::Assignment,
             id,
             expected: None,
-            requires: Requires::Accepted,
+            requires: Requires::Turn,
         },
         event: Event::AssignmentCompletedV1(AssignmentCompletedV1 {
             assignment: id,
