@@ -513,6 +513,29 @@ async fn a_round_cut_short_between_parts_is_decided_again_by_the_next_matcher_an
         proposals_per_need(&log).values().all(|&n| n == 1),
         "no need proposed twice"
     );
+    // The stopped matcher's second part, appended late (after its first part's record, as
+    // it would be), is refused: the next matcher's round was recorded since.
+    let part_0_record = log
+        .iter()
+        .find(|(_, _, e)| e.event.round_record().is_some())
+        .map(|(seq, _, _)| *seq)
+        .expect("the first part's record");
+    let (client, stream) = nats.log().await;
+    let (appender, _) = Appender::start(client, Default::default());
+    let late = muster_matcher::service::append_round(
+        &appender,
+        &muster_log::LogReader::new(stream),
+        &IncidentId::parse("i", "audit").expect("valid"),
+        s,
+        vec![parts[1].clone()],
+        part_0_record,
+    )
+    .await
+    .expect("append");
+    assert_eq!(
+        late,
+        muster_matcher::service::RoundAppend::Overtaken { parts_stored: 0 }
+    );
     let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
         .await
         .expect("audit");

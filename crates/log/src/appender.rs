@@ -44,6 +44,8 @@ pub enum Expect {
     Nothing { filter: String },
     /// The last message on the message's own subject has this sequence (the entity's version).
     LastOnSubject(u64),
+    /// The last message on any subject matching `filter` has sequence `seq` (0: there is none).
+    LastOn { filter: String, seq: u64 },
 }
 
 /// One message to append.
@@ -73,6 +75,16 @@ impl Outgoing {
                 h.insert(
                     "Nats-Expected-Last-Subject-Sequence",
                     seq.to_string().as_str(),
+                );
+            }
+            Expect::LastOn { filter, seq } => {
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    seq.to_string().as_str(),
+                );
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence-Subject",
+                    filter.as_str(),
                 );
             }
         }

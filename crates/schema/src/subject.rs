@@ -48,6 +48,11 @@ pub fn entity(
     entity_subject(incident, partition.as_str(), kind, id)
 }
 
+/// A filter matching the subjects of every round of `incident` (their records).
+pub fn rounds(incident: &IncidentId) -> String {
+    format!("{PREFIX}.{incident}._.{}.*", EntityKind::Round.token())
+}
+
 /// A filter matching one entity's subject whatever its partition: used to find an entity
 /// from its id alone, and to guard creation across partitions.
 pub fn entity_any_partition(incident: &IncidentId, kind: EntityKind, id: &EntityId) -> String {

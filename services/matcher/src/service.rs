@@ -7,6 +7,10 @@
 //! incident's rounds propose nothing: they cancel the proposals still awaiting an answer, and
 //! end what can no longer stand (a need withdrawn, a check revoked) as before.
 //!
+//! One writer decides an incident: each part of a round is appended only if the incident's last
+//! round record on the log is the one this matcher read last (see [`append_round`]), so a
+//! second matcher on the same log is refused rather than stored beside the first.
+//!
 //! The state lives in memory and is snapshotted to RocksDB (with the position it reflects) every
 //! `snapshot_every` events and at shutdown; a restart resumes from the snapshot's position + 1.
 //! The position is the snapshot's, so the consumer is a tailing one from there (ordered, pulling
@@ -19,7 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use muster_log::{AppendError, Appender, AppenderConfig, Expect, LogConfig, LogConsumer, Outgoing};
+use muster_log::{
+    AppendError, Appender, AppenderConfig, Expect, LogConfig, LogConsumer, LogReader, Outgoing,
+};
 use muster_matching::State;
 use muster_matching::round::{Round, round_events, round_until};
 use muster_schema::{AgencyId, ENVELOPE_VERSION, EntityId, Envelope, Event, IncidentId, subject};
@@ -68,6 +74,9 @@ struct Incident {
     since_cut: u32,
     /// A round appended but not yet read back from the log (to its last part).
     awaiting: Option<u64>,
+    /// Sequence of the last round record of this incident read back (any part; 0: none): a
+    /// round is recorded only if it is still the last (one writer decides an incident).
+    last_record: u64,
     /// The last round read back ended at a part that was not its last: its other decisions
     /// are not on the log (yet, or ever, if the matcher that cut it stopped between parts).
     cut_short: bool,
@@ -227,6 +236,7 @@ async fn run_until(
         crate::open_log(&config.nats_url, "muster-matcher", &config.log).await?;
     let history_ends = crate::last_sequence(&mut stream).await?;
     let (appender, appender_task) = Appender::start(client.clone(), config.appender.clone());
+    let reader = LogReader::new(stream.clone());
     let snapshots = match &config.data_dir {
         Some(dir) => Some(Snapshots::open(dir.clone()).await?),
         None => None,
@@ -247,6 +257,7 @@ async fn run_until(
                     since_cut: 0,
                     awaiting: None,
                     cut_short: s.cut_short,
+                    last_record: s.last_record,
                     last_heard: std::time::Instant::now(),
                 },
             );
@@ -270,7 +281,7 @@ async fn run_until(
     if live {
         for inc in incidents.values_mut() {
             if inc.dirty() {
-                cut(inc, &appender, cancel).await?;
+                cut(inc, &appender, &reader, cancel).await?;
             }
         }
     }
@@ -317,6 +328,7 @@ async fn run_until(
                 since_cut: 0,
                 awaiting: None,
                 cut_short: false,
+                last_record: 0,
                 last_heard: std::time::Instant::now(),
             });
         inc.last_heard = std::time::Instant::now();
@@ -327,6 +339,7 @@ async fn run_until(
                     inc.awaiting = None;
                 }
                 inc.cut_short = !r.is_last_part();
+                inc.last_record = d.seq;
                 inc.last_round = inc.last_round.max(r.through_seq);
                 // Its expiries and cancellations opened needs (and freed volunteers) that no
                 // round has considered: work for the next one, even if nothing else happens.
@@ -359,7 +372,7 @@ async fn run_until(
             if due
                 && inc.dirty()
                 && inc.awaiting.is_none()
-                && let Err(e) = cut(inc, &appender, cancel).await
+                && let Err(e) = cut(inc, &appender, &reader, cancel).await
             {
                 failure = Some(e);
                 break;
@@ -404,6 +417,7 @@ async fn save(
                 last_input: i.last_input,
                 last_round: i.last_round,
                 cut_short: i.cut_short,
+                last_record: i.last_record,
             };
             crate::snapshot::encode(&r).map(|bytes| (i.id.clone(), bytes))
         })
@@ -453,6 +467,7 @@ async fn tick(inc: &mut Incident, appender: &Appender) {
 async fn cut(
     inc: &mut Incident,
     appender: &Appender,
+    reader: &LogReader,
     cancel: &AtomicBool,
 ) -> Result<(), MatcherError> {
     let deciding = std::time::Instant::now();
@@ -462,6 +477,7 @@ async fn cut(
     };
     let decided = deciding.elapsed();
     inc.since_cut = 0;
+    let before = (inc.last_round, inc.cut_short);
     inc.last_round = r.through_seq;
     // This round decides afresh over whatever a round cut short left undecided.
     inc.cut_short = false;
@@ -472,13 +488,24 @@ async fn cut(
     let parts = round_appends(&inc.id, &inc.state, &r);
     tracing::info!(incident = %inc.id, through_seq = s, proposed = r.proposals.len(), expired = r.expired.len(), cancelled = r.cancelled.len(), parts = parts.len(), decided_ms = decided.as_millis() as u64, "round cut");
     let appending = std::time::Instant::now();
-    let mut events = 0;
-    for part in parts {
-        events += part.len();
-        append_until_stored(appender, part, &inc.id, s).await?;
+    let events: usize = parts.iter().map(Vec::len).sum();
+    match append_round(appender, reader, &inc.id, s, parts, inc.last_record).await? {
+        RoundAppend::Stored => {
+            tracing::info!(incident = %inc.id, through_seq = s, events, appended_ms = appending.elapsed().as_millis() as u64, "round appended");
+            inc.awaiting = Some(s);
+        }
+        RoundAppend::Overtaken { parts_stored } => {
+            tracing::warn!(
+                incident = %inc.id,
+                through_seq = s,
+                parts_stored,
+                "another matcher recorded a round of this incident first (is a second matcher running?): this round is given up, and decided again once that one is read"
+            );
+            if parts_stored == 0 {
+                (inc.last_round, inc.cut_short) = before;
+            }
+        }
     }
-    tracing::info!(incident = %inc.id, through_seq = s, events, appended_ms = appending.elapsed().as_millis() as u64, "round appended");
-    inc.awaiting = Some(s);
     Ok(())
 }
 
@@ -486,14 +513,15 @@ async fn cut(
 const _: () = assert!(muster_matching::round::DECISIONS_PER_PART < muster_log::appender::MAX_BATCH);
 
 /// Round `r` of `incident` (decided over `state`) as the matcher appends it: one atomic append
-/// per part, each its decisions then the part's record ([`round_events`]).
+/// per part, each its decisions then the part's record ([`round_events`]). The records' guards
+/// are set by [`append_round`].
 pub fn round_appends(incident: &IncidentId, state: &State, r: &Round) -> Vec<Vec<Outgoing>> {
     let s = r.through_seq;
     let mut parts = Vec::new();
     let mut part = Vec::new();
     for (i, (partition, event)) in round_events(state, incident, r).into_iter().enumerate() {
         let msg_id = decision_msg_id(incident, s, i);
-        let record = event.round_record();
+        let is_record = event.round_record().is_some();
         let env = Envelope {
             schema_version: ENVELOPE_VERSION,
             event_id: EntityId::hash(&[msg_id.as_bytes()]),
@@ -506,23 +534,13 @@ pub fn round_appends(incident: &IncidentId, state: &State, r: &Round) -> Vec<Vec
             causation_id: None,
             event,
         };
-        let subject = subject::for_envelope(&env);
-        // The first part's record is guarded by the round's own subject: the round is
-        // recorded once, even after the duplicate window. (Later parts' records share that
-        // subject; they follow the first within one run of the matcher, inside the window.)
-        let expect = match &record {
-            Some(rec) if rec.part == 0 => Expect::Nothing {
-                filter: subject.clone(),
-            },
-            _ => Expect::Anything,
-        };
         part.push(Outgoing {
-            subject,
+            subject: subject::for_envelope(&env),
             payload: env.encode().into(),
             msg_id,
-            expect,
+            expect: Expect::Anything,
         });
-        if record.is_some() {
+        if is_record {
             parts.push(std::mem::take(&mut part));
         }
     }
@@ -530,19 +548,79 @@ pub fn round_appends(incident: &IncidentId, state: &State, r: &Round) -> Vec<Vec
     parts
 }
 
-/// Appends one chunk of a round, retrying while the log is unavailable (the ids make retries
-/// safe). A chunk already stored (a crash after appending it) counts as stored.
+/// How appending a round ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundAppend {
+    /// Every part is on the log.
+    Stored,
+    /// Another writer recorded a round of the incident first; the first `parts_stored` parts
+    /// are on the log (the round is cut short there), the rest were not appended.
+    Overtaken { parts_stored: usize },
+}
+
+/// Appends a round's parts in order, each only if the last round record of the incident on
+/// the log is the one before it: for the first part, `after_record` (the sequence of the last
+/// record the matcher read; 0: none), for each later part the record of the part before. So
+/// one writer decides an incident: a round decided without another writer's latest round is
+/// refused, not stored beside it. A part already stored (a retry whose first outcome was
+/// unknown) counts as stored.
+pub async fn append_round(
+    appender: &Appender,
+    reader: &LogReader,
+    incident: &IncidentId,
+    through_seq: u64,
+    parts: Vec<Vec<Outgoing>>,
+    after_record: u64,
+) -> Result<RoundAppend, MatcherError> {
+    let filter = subject::rounds(incident);
+    let mut after = after_record;
+    for (stored, mut part) in parts.into_iter().enumerate() {
+        let Some(record) = part.last_mut() else {
+            continue;
+        };
+        record.expect = Expect::LastOn {
+            filter: filter.clone(),
+            seq: after,
+        };
+        let record_id = record.msg_id.clone();
+        match append_until_stored(appender, part, incident, through_seq).await? {
+            Some(seq) => after = seq,
+            None => match reader.last(&filter).await {
+                Ok(Some(m)) if m.msg_id.as_deref() == Some(record_id.as_str()) => after = m.seq,
+                Ok(_) => {
+                    return Ok(RoundAppend::Overtaken {
+                        parts_stored: stored,
+                    });
+                }
+                Err(e) => {
+                    return Err(MatcherError::Append {
+                        incident: incident.to_string(),
+                        through_seq,
+                        source: AppendError::Unavailable(e.to_string()),
+                    });
+                }
+            },
+        }
+    }
+    Ok(RoundAppend::Stored)
+}
+
+/// Appends one part of a round, retrying while the log is unavailable (the ids make retries
+/// safe). Returns the sequence of its record (its last message), or `None` if the log refused
+/// it as stored before or as not following the round record it expects (the caller tells
+/// which).
 async fn append_until_stored(
     appender: &Appender,
-    chunk: Vec<Outgoing>,
+    part: Vec<Outgoing>,
     incident: &IncidentId,
     s: u64,
-) -> Result<(), MatcherError> {
+) -> Result<Option<u64>, MatcherError> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match appender.append(chunk.clone()).await {
-            Ok(_) | Err(AppendError::DuplicateRequest | AppendError::WrongLastSequence(_)) => {
-                return Ok(());
+        match appender.append(part.clone()).await {
+            Ok(a) => return Ok(Some(a.first_seq + a.count.saturating_sub(1))),
+            Err(AppendError::DuplicateRequest | AppendError::WrongLastSequence(_)) => {
+                return Ok(None);
             }
             Err(AppendError::Unavailable(reason)) => {
                 tracing::warn!(%incident, through_seq = s, %reason, "log unavailable; retrying the round");

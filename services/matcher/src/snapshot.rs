@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::MatcherError;
 
 /// Bump when the engine's state changes shape: old snapshots are then rebuilt from the log.
-pub const SNAPSHOT_FORMAT: u32 = 5;
+pub const SNAPSHOT_FORMAT: u32 = 6;
 
 const META: &[u8] = b"matcher/meta";
 const INCIDENTS: &[u8] = b"matcher/incident/";
@@ -34,6 +34,7 @@ pub struct IncidentRef<'a> {
     pub last_input: u64,
     pub last_round: u64,
     pub cut_short: bool,
+    pub last_record: u64,
 }
 
 /// What the matcher keeps of one incident, as read back (same encoding as [`IncidentRef`]).
@@ -43,6 +44,7 @@ pub struct IncidentSnapshot {
     pub last_input: u64,
     pub last_round: u64,
     pub cut_short: bool,
+    pub last_record: u64,
 }
 
 /// The matcher's snapshot store.
