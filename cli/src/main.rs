@@ -54,6 +54,10 @@ struct MatcherArgs {
     /// the log at every start.
     #[arg(long, env = "MUSTER_MATCHER_DATA_DIR")]
     data_dir: Option<std::path::PathBuf>,
+    /// Decide only the incidents of shard K of N (`K/N`, e.g. `2/3`): run N matchers, shards
+    /// 1/N to N/N, to share a log's incidents between them. Default: every incident.
+    #[arg(long, env = "MUSTER_MATCHER_SHARD", default_value = "1/1")]
+    shard: muster_matcher::Shard,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -268,6 +272,7 @@ fn main() -> anyhow::Result<()> {
             Command::Matcher(args) => {
                 let mut config = args.log.matcher_config(&args.nats_url);
                 config.data_dir = args.data_dir;
+                config.shard = args.shard;
                 muster_matcher::run(config, shutdown)
                     .await
                     .map_err(anyhow::Error::from)

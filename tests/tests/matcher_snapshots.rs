@@ -92,7 +92,7 @@ async fn the_matcher_resumes_from_its_snapshot() {
     run_matcher_until_quiet(&nats, dir.path()).await;
     let (_, mut stream) = nats.log().await;
     let end = stream.info().await.expect("info").state.last_sequence;
-    let first = muster_matcher::snapshot::position(dir.path())
+    let first = muster_matcher::snapshot::position(dir.path(), muster_matcher::Shard::ALL)
         .await
         .expect("snapshot")
         .expect("a snapshot");
@@ -102,7 +102,7 @@ async fn the_matcher_resumes_from_its_snapshot() {
     // While it is stopped, more needs arrive; it resumes from the snapshot and matches them.
     bulk(&mut c, "needs-2", needs(8, 8)).await;
     run_matcher_until_quiet(&nats, dir.path()).await;
-    let second = muster_matcher::snapshot::position(dir.path())
+    let second = muster_matcher::snapshot::position(dir.path(), muster_matcher::Shard::ALL)
         .await
         .expect("snapshot")
         .expect("a snapshot");
@@ -132,7 +132,7 @@ async fn an_unreadable_snapshot_is_rebuilt_from_the_log() {
     run_matcher_until_quiet(&nats, dir.path()).await;
     assert_eq!(check(&nats).await, 5, "rebuilt from the log and matched");
     assert!(
-        muster_matcher::snapshot::position(dir.path())
+        muster_matcher::snapshot::position(dir.path(), muster_matcher::Shard::ALL)
             .await
             .expect("read")
             .is_some(),
@@ -202,11 +202,35 @@ async fn a_stop_gives_up_a_round_in_progress_on_the_matchers_own_thread() {
         "nothing of the round given up was appended"
     );
     assert_eq!(
-        muster_matcher::snapshot::position(dir.path())
+        muster_matcher::snapshot::position(dir.path(), muster_matcher::Shard::ALL)
             .await
             .expect("snapshot")
             .expect("a snapshot"),
         last,
         "the clean stop snapshotted everything folded"
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_of_another_shard_is_not_resumed() {
+    let (nats, _intake, mut c) = setup().await;
+    bulk(&mut c, "offers", offers(0, 4)).await;
+    bulk(&mut c, "needs", needs(0, 2)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_matcher_until_quiet(&nats, dir.path()).await;
+    let all = muster_matcher::Shard::ALL;
+    assert!(
+        muster_matcher::snapshot::position(dir.path(), all)
+            .await
+            .expect("read")
+            .is_some()
+    );
+    // Taken over every incident: a matcher of one shard of two must not resume from it.
+    let half = muster_matcher::Shard { index: 0, of: 2 };
+    assert_eq!(
+        muster_matcher::snapshot::position(dir.path(), half)
+            .await
+            .expect("read"),
+        None
     );
 }

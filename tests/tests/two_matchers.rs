@@ -213,3 +213,81 @@ async fn two_matchers_on_one_log_never_propose_a_need_or_an_offer_twice() {
         .expect("audit");
     assert_eq!(report.divergence, None);
 }
+
+/// Matchers given the shards 1/2 and 2/2 share a log's incidents: each decides only its own.
+#[tokio::test]
+async fn matchers_given_shards_share_the_incidents_between_them() {
+    let shards = [
+        muster_matcher::Shard { index: 0, of: 2 },
+        muster_matcher::Shard { index: 1, of: 2 },
+    ];
+    // One incident of each shard.
+    let names: Vec<String> = shards
+        .iter()
+        .map(|shard| {
+            (0..)
+                .map(|i| format!("town-{i}"))
+                .find(|n| shard.owns(&muster_schema::IncidentId::parse("i", n).expect("valid")))
+                .expect("an incident of the shard")
+        })
+        .collect();
+    let nats = Nats::start().await;
+    let intake = Intake::start(&nats.url()).await;
+    let mut c = intake.client().await;
+    for name in &names {
+        workload::declare(&mut c, name).await;
+        workload::bulk(&mut c, name, &format!("{name}-o"), workload::offers(0, 3)).await;
+        workload::bulk(&mut c, name, &format!("{name}-n"), workload::needs(0, 3)).await;
+    }
+    let (_, stream) = nats.log().await;
+    let proposed_in = |log: &[(u64, String, muster_schema::Envelope)], name: &str| {
+        log.iter()
+            .filter(|(_, _, e)| {
+                e.incident.as_str() == name && matches!(e.event, Event::AssignmentProposedV1(_))
+            })
+            .count()
+    };
+    let until_proposed = |name: String| {
+        let stream = stream.clone();
+        async move {
+            for _ in 0..100 {
+                let log = read_all(&stream).await;
+                if proposed_in(&log, &name) == 3 {
+                    return log;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("{name}'s needs not proposed within 10 s");
+        }
+    };
+    let start = |shard: muster_matcher::Shard| {
+        let mut config = muster_matcher::Config::new(nats.url());
+        config.shard = shard;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(muster_matcher::run(config, async {
+            let _ = stopped.await;
+        }));
+        (stop, task)
+    };
+
+    // The first shard's matcher decides its incident, and leaves the other alone.
+    let first = start(shards[0]);
+    until_proposed(names[0].clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proposed_in(&read_all(&stream).await, &names[1]), 0);
+    // The second shard's matcher decides the other.
+    let second = start(shards[1]);
+    let log = until_proposed(names[1].clone()).await;
+    assert_eq!(proposed_in(&log, &names[0]), 3, "nothing more in the first");
+    for (stop, task) in [first, second] {
+        let _ = stop.send(());
+        task.await
+            .expect("matcher task")
+            .expect("matcher stopped cleanly");
+    }
+    let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
+        .await
+        .expect("audit");
+    assert_eq!(report.divergence, None);
+    assert_eq!(report.rounds_verified, 2);
+}

@@ -18,7 +18,7 @@ pub mod audit;
 pub mod service;
 pub mod snapshot;
 
-pub use service::{Config, Running, run, spawn};
+pub use service::{Config, Running, Shard, run, spawn};
 
 /// Why the matcher (or an audit) stopped.
 #[derive(Debug, thiserror::Error)]

@@ -46,6 +46,62 @@ pub struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     /// Events folded between snapshots.
     pub snapshot_every: u64,
+    /// The incidents this matcher decides (all, by default).
+    pub shard: Shard,
+}
+
+/// Which incidents a matcher decides: those whose id hashes to shard `index` of `of` (every
+/// incident when `of` is 1). Matchers given the shards 1/n … n/n of one log share its
+/// incidents between them, each incident decided by one of them; the hash is fixed, so an
+/// incident stays with its shard across restarts. (Overlapping shards are safe, not useful:
+/// one writer decides an incident, see [`append_round`].)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    /// From 0.
+    pub index: u32,
+    pub of: u32,
+}
+
+impl Shard {
+    /// Every incident.
+    pub const ALL: Shard = Shard { index: 0, of: 1 };
+
+    /// Whether this shard decides `incident`.
+    pub fn owns(&self, incident: &IncidentId) -> bool {
+        if self.of <= 1 {
+            return true;
+        }
+        let h = EntityId::hash(&[b"shard", incident.as_str().as_bytes()]).0;
+        let h = u64::from_le_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]);
+        h % u64::from(self.of) == u64::from(self.index)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index + 1, self.of)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `K/N`: the K-th of N shards, 1 ≤ K ≤ N.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rule = || format!("shard {s:?}: expected K/N with 1 <= K <= N (e.g. 2/3)");
+        let (k, n) = s.split_once('/').ok_or_else(rule)?;
+        let (k, n): (u32, u32) = (
+            k.trim().parse().map_err(|_| rule())?,
+            n.trim().parse().map_err(|_| rule())?,
+        );
+        if k == 0 || k > n {
+            return Err(rule());
+        }
+        Ok(Shard {
+            index: k - 1,
+            of: n,
+        })
+    }
 }
 
 impl Config {
@@ -57,6 +113,7 @@ impl Config {
             tick_every: Duration::from_secs(30),
             data_dir: None,
             snapshot_every: 50_000,
+            shard: Shard::ALL,
         }
     }
 }
@@ -238,7 +295,7 @@ async fn run_until(
     let (appender, appender_task) = Appender::start(client.clone(), config.appender.clone());
     let reader = LogReader::new(stream.clone());
     let snapshots = match &config.data_dir {
-        Some(dir) => Some(Snapshots::open(dir.clone()).await?),
+        Some(dir) => Some(Snapshots::open(dir.clone(), config.shard).await?),
         None => None,
     };
     let mut incidents: BTreeMap<IncidentId, Incident> = BTreeMap::new();
@@ -310,47 +367,13 @@ async fn run_until(
                 continue;
             }
         };
-        let env = match d.envelope {
-            Ok(env) => env,
+        match d.envelope {
+            Ok(env) if config.shard.owns(&env.incident) => fold(&mut incidents, d.seq, &env),
+            // Another matcher's incident.
+            Ok(_) => {}
             Err(e) => {
                 set_aside += 1;
                 tracing::warn!(seq = d.seq, subject = %d.subject, error = %e, set_aside, "malformed event set aside");
-                continue;
-            }
-        };
-        let inc = incidents
-            .entry(env.incident.clone())
-            .or_insert_with(|| Incident {
-                id: env.incident.clone(),
-                state: State::default(),
-                last_input: 0,
-                last_round: 0,
-                since_cut: 0,
-                awaiting: None,
-                cut_short: false,
-                last_record: 0,
-                last_heard: std::time::Instant::now(),
-            });
-        inc.last_heard = std::time::Instant::now();
-        inc.state.apply(d.seq, &env);
-        match env.event.round_record() {
-            Some(r) => {
-                if inc.awaiting == Some(r.through_seq) && r.is_last_part() {
-                    inc.awaiting = None;
-                }
-                inc.cut_short = !r.is_last_part();
-                inc.last_record = d.seq;
-                inc.last_round = inc.last_round.max(r.through_seq);
-                // Its expiries and cancellations opened needs (and freed volunteers) that no
-                // round has considered: work for the next one, even if nothing else happens.
-                if r.expired > 0 || r.cancelled > 0 {
-                    inc.last_input = d.seq;
-                }
-            }
-            None if is_decision(&env.event) => {}
-            None => {
-                inc.last_input = d.seq;
-                inc.since_cut += 1;
             }
         }
         if d.seq < history_ends {
@@ -401,6 +424,45 @@ async fn run_until(
     let _ = appender_task.await;
     let _ = client.flush().await;
     result
+}
+
+/// Folds one event of an incident this matcher decides.
+fn fold(incidents: &mut BTreeMap<IncidentId, Incident>, seq: u64, env: &Envelope) {
+    let inc = incidents
+        .entry(env.incident.clone())
+        .or_insert_with(|| Incident {
+            id: env.incident.clone(),
+            state: State::default(),
+            last_input: 0,
+            last_round: 0,
+            since_cut: 0,
+            awaiting: None,
+            cut_short: false,
+            last_record: 0,
+            last_heard: std::time::Instant::now(),
+        });
+    inc.last_heard = std::time::Instant::now();
+    inc.state.apply(seq, env);
+    match env.event.round_record() {
+        Some(r) => {
+            if inc.awaiting == Some(r.through_seq) && r.is_last_part() {
+                inc.awaiting = None;
+            }
+            inc.cut_short = !r.is_last_part();
+            inc.last_record = seq;
+            inc.last_round = inc.last_round.max(r.through_seq);
+            // Its expiries and cancellations opened needs (and freed volunteers) that no
+            // round has considered: work for the next one, even if nothing else happens.
+            if r.expired > 0 || r.cancelled > 0 {
+                inc.last_input = seq;
+            }
+        }
+        None if is_decision(&env.event) => {}
+        None => {
+            inc.last_input = seq;
+            inc.since_cut += 1;
+        }
+    }
 }
 
 /// Snapshots every incident as folded through `folded`.
@@ -635,5 +697,37 @@ async fn append_until_stored(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_is_written_k_of_n() {
+        assert_eq!("2/3".parse::<Shard>(), Ok(Shard { index: 1, of: 3 }));
+        assert_eq!(" 1 / 1 ".parse::<Shard>(), Ok(Shard::ALL));
+        for bad in ["0/3", "4/3", "3", "a/b", "1/0", ""] {
+            let err = bad.parse::<Shard>().expect_err(bad);
+            assert!(err.contains("K/N"), "{bad}: {err}");
+        }
+        assert_eq!(Shard { index: 1, of: 3 }.to_string(), "2/3");
+    }
+
+    #[test]
+    fn shards_1_to_n_of_n_own_every_incident_once_and_share_them_out() {
+        let incidents: Vec<IncidentId> = (0..600)
+            .map(|i| IncidentId::parse("i", &format!("incident-{i}")).expect("valid"))
+            .collect();
+        let shards: Vec<Shard> = (0..3).map(|index| Shard { index, of: 3 }).collect();
+        let mut owned = [0usize; 3];
+        for inc in &incidents {
+            let owners: Vec<usize> = (0..3).filter(|&k| shards[k].owns(inc)).collect();
+            assert_eq!(owners.len(), 1, "{inc}: {owners:?}");
+            owned[owners[0]] += 1;
+            assert!(Shard::ALL.owns(inc));
+        }
+        assert!(owned.iter().all(|&n| n > 150), "{owned:?}");
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Every incident's state and the one sequence through which all of them are folded are written
 //! in a single synced batch, so a restart resumes from that sequence + 1 and neither skips nor
-//! refolds an event. A snapshot of another format (an older engine) or one that does not decode is
-//! discarded with a warning: the state is rebuilt from the log, which is the truth.
+//! refolds an event. A snapshot of another format (an older engine), of another shard (it holds
+//! other incidents) or one that does not decode is discarded with a warning: the state is
+//! rebuilt from the log, which is the truth.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,17 +15,20 @@ use muster_store::{Change, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::MatcherError;
+use crate::service::Shard;
 
 /// Bump when the engine's state changes shape: old snapshots are then rebuilt from the log.
-pub const SNAPSHOT_FORMAT: u32 = 6;
+pub const SNAPSHOT_FORMAT: u32 = 7;
 
 const META: &[u8] = b"matcher/meta";
 const INCIDENTS: &[u8] = b"matcher/incident/";
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Meta {
+    /// First, so that a snapshot of any format tells its format.
     format: u32,
     through_seq: u64,
+    shard: Shard,
 }
 
 /// What the matcher keeps of one incident, borrowed for writing.
@@ -47,10 +51,11 @@ pub struct IncidentSnapshot {
     pub last_record: u64,
 }
 
-/// The matcher's snapshot store.
+/// The matcher's snapshot store, for the incidents of one shard.
 #[derive(Debug, Clone)]
 pub struct Snapshots {
     store: Arc<Store>,
+    shard: Shard,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -62,12 +67,13 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Snapshots {
-    pub async fn open(dir: PathBuf) -> Result<Self, MatcherError> {
+    pub async fn open(dir: PathBuf, shard: Shard) -> Result<Self, MatcherError> {
         blocking(move || {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| MatcherError::Snapshot(format!("{}: {e}", dir.display())))?;
             Ok(Self {
                 store: Arc::new(Store::open(&dir)?),
+                shard,
             })
         })
         .await
@@ -77,9 +83,20 @@ impl Snapshots {
     pub async fn load(
         &self,
     ) -> Result<Option<(u64, Vec<(IncidentId, IncidentSnapshot)>)>, MatcherError> {
-        let store = self.store.clone();
+        let (store, shard) = (self.store.clone(), self.shard);
         blocking(move || {
             let Some(meta) = store.get(META)? else { return Ok(None) };
+            match postcard::take_from_bytes::<u32>(&meta) {
+                Ok((SNAPSHOT_FORMAT, _)) => {}
+                Ok((found, _)) => {
+                    tracing::warn!(found, expected = SNAPSHOT_FORMAT, "matcher snapshot of another format; rebuilding from the log");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable matcher snapshot; rebuilding from the log");
+                    return Ok(None);
+                }
+            }
             let meta: Meta = match postcard::from_bytes(&meta) {
                 Ok(m) => m,
                 Err(e) => {
@@ -87,8 +104,8 @@ impl Snapshots {
                     return Ok(None);
                 }
             };
-            if meta.format != SNAPSHOT_FORMAT {
-                tracing::warn!(found = meta.format, expected = SNAPSHOT_FORMAT, "matcher snapshot of another format; rebuilding from the log");
+            if meta.shard != shard {
+                tracing::warn!(found = %meta.shard, expected = %shard, "matcher snapshot of another shard; rebuilding from the log");
                 return Ok(None);
             }
             let mut incidents = Vec::new();
@@ -116,11 +133,12 @@ impl Snapshots {
         through_seq: u64,
         incidents: Vec<(IncidentId, Vec<u8>)>,
     ) -> Result<(), MatcherError> {
-        let store = self.store.clone();
+        let (store, shard) = (self.store.clone(), self.shard);
         blocking(move || {
             let meta = postcard::to_stdvec(&Meta {
                 format: SNAPSHOT_FORMAT,
                 through_seq,
+                shard,
             })
             .map_err(|e| MatcherError::Snapshot(e.to_string()))?;
             let changes = incidents
@@ -133,9 +151,10 @@ impl Snapshots {
     }
 }
 
-/// The position of the snapshot in `dir`, if it holds a usable one (for operators and tests).
-pub async fn position(dir: &Path) -> Result<Option<u64>, MatcherError> {
-    Ok(Snapshots::open(dir.to_path_buf())
+/// The position of the snapshot in `dir` for `shard`, if it holds a usable one (for operators
+/// and tests).
+pub async fn position(dir: &Path, shard: Shard) -> Result<Option<u64>, MatcherError> {
+    Ok(Snapshots::open(dir.to_path_buf(), shard)
         .await?
         .load()
         .await?
