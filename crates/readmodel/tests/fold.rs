@@ -814,15 +814,7 @@ mod properties {
         let aside: Vec<u64> = Log::set_aside(store).iter().map(|r| r.seq).collect();
         for (seq, _, env) in &log.items {
             if let Ok(env) = env
-                && matches!(
-                    env.event,
-                    Event::AssignmentProposedV1(_)
-                        | Event::AssignmentExpiredV1(_)
-                        | Event::AssignmentCancelledV1(_)
-                        | Event::RoundRecordedV1(_)
-                        | Event::RoundRecordedV2(_)
-                        | Event::RoundRecordedV3(_)
-                )
+                && env.event.is_round_event()
             {
                 assert!(
                     !aside.contains(seq),

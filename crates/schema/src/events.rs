@@ -401,6 +401,20 @@ impl Event {
         }
     }
 
+    /// Whether the matcher writes this event in a round (a decision or a round's record), as
+    /// opposed to an input it decides on.
+    pub fn is_round_event(&self) -> bool {
+        matches!(
+            self,
+            Event::AssignmentProposedV1(_)
+                | Event::AssignmentExpiredV1(_)
+                | Event::AssignmentCancelledV1(_)
+                | Event::RoundRecordedV1(_)
+                | Event::RoundRecordedV2(_)
+                | Event::RoundRecordedV3(_)
+        )
+    }
+
     /// Whether this event ends its entity's life (nothing may follow it on the subject).
     pub fn is_terminal(&self) -> bool {
         matches!(

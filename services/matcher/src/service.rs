@@ -163,19 +163,6 @@ impl Incident {
     }
 }
 
-/// Whether `event` is one the matcher itself writes.
-fn is_decision(event: &Event) -> bool {
-    matches!(
-        event,
-        Event::AssignmentProposedV1(_)
-            | Event::AssignmentExpiredV1(_)
-            | Event::AssignmentCancelledV1(_)
-            | Event::RoundRecordedV1(_)
-            | Event::RoundRecordedV2(_)
-            | Event::RoundRecordedV3(_)
-    )
-}
-
 /// The actor of the matcher's events.
 pub fn matcher_actor() -> AgencyId {
     AgencyId::parse("actor", "muster-matcher").expect("a valid agency id")
@@ -457,7 +444,7 @@ fn fold(incidents: &mut BTreeMap<IncidentId, Incident>, seq: u64, env: &Envelope
                 inc.last_input = seq;
             }
         }
-        None if is_decision(&env.event) => {}
+        None if env.event.is_round_event() => {}
         None => {
             inc.last_input = seq;
             inc.since_cut += 1;
