@@ -209,6 +209,54 @@ pub async fn read_all(
         .collect()
 }
 
+/// Reads the log until `done` holds of it, for up to `within`; panics naming `what` if it never
+/// does. Returns the log that satisfied it.
+pub async fn log_until(
+    stream: &async_nats::jetstream::stream::Stream,
+    within: Duration,
+    what: &str,
+    done: impl Fn(&[(u64, String, muster_schema::Envelope)]) -> bool,
+) -> Vec<(u64, String, muster_schema::Envelope)> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let log = read_all(stream).await;
+        if done(&log) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A matcher running on this test's runtime until [`Matcher::stop`].
+#[derive(Debug)]
+pub struct Matcher {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), muster_matcher::MatcherError>>,
+}
+
+impl Matcher {
+    pub fn start(config: muster_matcher::Config) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(muster_matcher::run(config, async {
+            let _ = stopped.await;
+        }));
+        Self { stop, task }
+    }
+
+    /// Stops it and checks that it stopped cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task
+            .await
+            .expect("matcher task")
+            .expect("matcher stopped cleanly");
+    }
+}
+
 /// The projections service (fold + Query over gRPC) on a real TCP port, stopped on drop.
 #[derive(Debug)]
 pub struct Projections {

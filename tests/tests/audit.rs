@@ -378,33 +378,16 @@ async fn large_round_inputs(nats: &Nats, n: usize) -> muster_matching::State {
 async fn match_until_proposed(nats: &Nats, needs: usize) -> Vec<(u64, String, Envelope)> {
     let mut config = muster_matcher::Config::new(nats.url());
     config.tick_every = std::time::Duration::from_secs(3_600);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let matcher = tokio::spawn(muster_matcher::run(config, async {
-        let _ = stopped.await;
-    }));
+    let matcher = muster_tests::Matcher::start(config);
     let (_, stream) = nats.log().await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    let log = loop {
-        let log = read_all(&stream).await;
-        let proposed: std::collections::BTreeSet<EntityId> = log
-            .iter()
-            .filter_map(|(_, _, e)| match &e.event {
-                Event::AssignmentProposedV1(p) => Some(p.need),
-                _ => None,
-            })
-            .collect();
-        if proposed.len() == needs {
-            break log;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of {needs} needs proposed after 120 s",
-            proposed.len()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
-    let _ = stop.send(());
-    matcher.await.expect("matcher task").expect("matcher");
+    let log = muster_tests::log_until(
+        &stream,
+        std::time::Duration::from_secs(120),
+        &format!("a proposal for each of {needs} needs"),
+        |log| proposals_per_need(log).len() == needs,
+    )
+    .await;
+    matcher.stop().await;
     log
 }
 

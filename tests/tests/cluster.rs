@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use muster_proto::v1 as pb;
 use muster_tests::workload::{self, by_reference, req};
-use muster_tests::{Cluster, Intake, Projections};
+use muster_tests::{Cluster, Intake, Matcher, Projections};
 
 const INCIDENT: &str = "thirsk";
 
@@ -102,10 +102,7 @@ async fn the_services_run_on_a_three_node_cluster_and_go_on_with_a_node_killed()
     let intake = Intake::start_with(intake_config).await;
     let mut matcher_config = muster_matcher::Config::new(url.clone());
     matcher_config.log = log.clone();
-    let (stop_matcher, matcher_stopped) = tokio::sync::oneshot::channel::<()>();
-    let matcher = tokio::spawn(muster_matcher::run(matcher_config, async {
-        let _ = matcher_stopped.await;
-    }));
+    let matcher = Matcher::start(matcher_config);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut projections_config = muster_projections::Config::new(url.clone(), dir.path());
     projections_config.log = log.clone();
@@ -149,11 +146,7 @@ async fn the_services_run_on_a_three_node_cluster_and_go_on_with_a_node_killed()
         info.state
     );
 
-    let _ = stop_matcher.send(());
-    matcher
-        .await
-        .expect("matcher task")
-        .expect("matcher stopped cleanly");
+    matcher.stop().await;
     projections.shutdown().await.expect("projections stopped");
     intake.shutdown().await.expect("intake stopped");
 }

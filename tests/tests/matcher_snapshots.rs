@@ -23,10 +23,7 @@ async fn run_matcher_until_quiet(nats: &Nats, dir: &std::path::Path) {
     let mut config = muster_matcher::Config::new(nats.url());
     config.data_dir = Some(dir.to_path_buf());
     config.snapshot_every = 7;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(muster_matcher::run(config, async {
-        let _ = stopped.await;
-    }));
+    let matcher = muster_tests::Matcher::start(config);
     let (_, stream) = nats.log().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut len = read_all(&stream).await.len();
@@ -40,10 +37,7 @@ async fn run_matcher_until_quiet(nats: &Nats, dir: &std::path::Path) {
             quiet_since = Instant::now();
         }
     }
-    let _ = stop.send(());
-    task.await
-        .expect("matcher task")
-        .expect("matcher stopped cleanly");
+    matcher.stop().await;
 }
 
 async fn check(nats: &Nats) -> usize {

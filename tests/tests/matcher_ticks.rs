@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use muster_proto::v1 as pb;
 use muster_schema::Event;
-use muster_tests::{Intake, Nats, read_all};
+use muster_tests::{Intake, Matcher, Nats, log_until, read_all};
 
 fn req<T>(body: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(body);
@@ -51,39 +51,32 @@ fn report(reference: &str) -> pb::ReportNeedRequest {
     }
 }
 
+/// `assignment`'s volunteer accepts it (idempotency key `key`).
+fn accept(key: &str, assignment: muster_schema::EntityId) -> pb::RespondToAssignmentRequest {
+    pb::RespondToAssignmentRequest {
+        idempotency_key: key.into(),
+        incident: "ripon".into(),
+        assignment_id: assignment.to_hex(),
+        response: pb::AssignmentResponse::Accept as i32,
+        reason: String::new(),
+    }
+}
+
 /// nats-server, intake and a matcher ticking every 200 ms; incident `ripon` declared with
 /// `policy`, one volunteer's offer and one need it can meet.
-async fn one_need_one_volunteer(
-    policy: Option<pb::Policy>,
-) -> (
-    Nats,
-    Intake,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), muster_matcher::MatcherError>>,
-) {
+async fn one_need_one_volunteer(policy: Option<pb::Policy>) -> (Nats, Intake, Matcher) {
     needs_and_volunteers(policy, 1).await
 }
 
 /// As [`one_need_one_volunteer`], with `n` volunteers (`vol-1`…) each offering one place and
 /// `n` needs (references `n0`…), any of which any of them can meet.
-async fn needs_and_volunteers(
-    policy: Option<pb::Policy>,
-    n: usize,
-) -> (
-    Nats,
-    Intake,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), muster_matcher::MatcherError>>,
-) {
+async fn needs_and_volunteers(policy: Option<pb::Policy>, n: usize) -> (Nats, Intake, Matcher) {
     let nats = Nats::start().await;
     let intake = Intake::start(&nats.url()).await;
     let mut c = intake.client().await;
     let mut config = muster_matcher::Config::new(nats.url());
     config.tick_every = Duration::from_millis(200);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let matcher = tokio::spawn(muster_matcher::run(config, async {
-        let _ = stopped.await;
-    }));
+    let matcher = Matcher::start(config);
 
     c.declare_incident(req(pb::DeclareIncidentRequest {
         idempotency_key: "d".into(),
@@ -124,12 +117,12 @@ async fn needs_and_volunteers(
             .expect("need");
     }
 
-    (nats, intake, stop, matcher)
+    (nats, intake, matcher)
 }
 
 #[tokio::test]
 async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
-    let (nats, intake, stop, matcher) = one_need_one_volunteer(None).await;
+    let (nats, intake, matcher) = one_need_one_volunteer(None).await;
     let mut c = intake.client().await;
     let (_, stream) = nats.log().await;
     let ticks = |log: &[(u64, String, muster_schema::Envelope)]| {
@@ -161,15 +154,9 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
             .all(|(_, _, e)| e.actor.as_str() == "muster-matcher")
     );
 
-    c.respond_to_assignment(req(pb::RespondToAssignmentRequest {
-        idempotency_key: "accept".into(),
-        incident: "ripon".into(),
-        assignment_id: assignment.to_hex(),
-        response: pb::AssignmentResponse::Accept as i32,
-        reason: String::new(),
-    }))
-    .await
-    .expect("accept");
+    c.respond_to_assignment(req(accept("accept", assignment)))
+        .await
+        .expect("accept");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let settled = ticks(&read_all(&stream).await);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -179,11 +166,7 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
         "nothing waits on time: no more ticks"
     );
 
-    let _ = stop.send(());
-    matcher
-        .await
-        .expect("matcher task")
-        .expect("matcher stopped cleanly");
+    matcher.stop().await;
 }
 
 /// A proposal no one answers expires once log time passes the policy's hour; its need is then
@@ -191,7 +174,7 @@ async fn pending_assignments_get_ticks_and_settled_ones_do_not() {
 /// was the last event, and with nothing pending there are no more ticks to cause a round).
 #[tokio::test]
 async fn a_need_whose_proposal_expired_is_proposed_again_in_a_quiet_incident() {
-    let (nats, _intake, stop, matcher) = one_need_one_volunteer(None).await;
+    let (nats, _intake, matcher) = one_need_one_volunteer(None).await;
     let (_, stream) = nats.log().await;
     let count = |log: &[(u64, String, muster_schema::Envelope)]| {
         let proposals = log
@@ -234,11 +217,7 @@ async fn a_need_whose_proposal_expired_is_proposed_again_in_a_quiet_incident() {
     assert!(seen.1 >= 1, "the unanswered proposal expired: {seen:?}");
     assert!(seen.0 >= 2, "and its need was proposed again: {seen:?}");
 
-    let _ = stop.send(());
-    matcher
-        .await
-        .expect("matcher task")
-        .expect("matcher stopped cleanly");
+    matcher.stop().await;
 }
 
 /// Standing an incident down ends the matching, not the work under way: the matcher's next
@@ -248,7 +227,7 @@ async fn a_need_whose_proposal_expired_is_proposed_again_in_a_quiet_incident() {
 #[tokio::test]
 async fn a_stood_down_incident_cancels_unanswered_proposals_and_lets_accepted_tasks_finish() {
     use muster_schema::events::CancelReason;
-    let (nats, intake, stop, matcher) = needs_and_volunteers(None, 2).await;
+    let (nats, intake, matcher) = needs_and_volunteers(None, 2).await;
     let mut c = intake.client().await;
     let (_, stream) = nats.log().await;
     let proposals = |log: &[(u64, String, muster_schema::Envelope)]| -> Vec<_> {
@@ -259,25 +238,18 @@ async fn a_stood_down_incident_cancels_unanswered_proposals_and_lets_accepted_ta
             })
             .collect()
     };
-    let mut proposed = Vec::new();
-    for _ in 0..100 {
-        proposed = proposals(&read_all(&stream).await);
-        if proposed.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(proposed.len(), 2, "both needs proposed");
+    let log = log_until(
+        &stream,
+        Duration::from_secs(10),
+        "both needs proposed",
+        |log| proposals(log).len() == 2,
+    )
+    .await;
+    let proposed = proposals(&log);
     let (accepted, unanswered) = (proposed[0].assignment, proposed[1].assignment);
-    c.respond_to_assignment(req(pb::RespondToAssignmentRequest {
-        idempotency_key: "accept".into(),
-        incident: "ripon".into(),
-        assignment_id: accepted.to_hex(),
-        response: pb::AssignmentResponse::Accept as i32,
-        reason: String::new(),
-    }))
-    .await
-    .expect("accept");
+    c.respond_to_assignment(req(accept("accept", accepted)))
+        .await
+        .expect("accept");
     let stood_down = c
         .stand_down_incident(req(pb::StandDownIncidentRequest {
             idempotency_key: "sd".into(),
@@ -299,15 +271,14 @@ async fn a_stood_down_incident_cancels_unanswered_proposals_and_lets_accepted_ta
             })
             .collect()
     };
-    let mut seen = Vec::new();
-    for _ in 0..100 {
-        seen = cancelled(&read_all(&stream).await);
-        if !seen.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(seen, vec![(unanswered, CancelReason::IncidentStoodDown)]);
+    let log = log_until(&stream, Duration::from_secs(10), "a cancellation", |log| {
+        !cancelled(log).is_empty()
+    })
+    .await;
+    assert_eq!(
+        cancelled(&log),
+        vec![(unanswered, CancelReason::IncidentStoodDown)]
+    );
 
     // Intake: no new need, no acceptance (of the cancelled proposal or any other)...
     let err = c
@@ -317,13 +288,7 @@ async fn a_stood_down_incident_cancels_unanswered_proposals_and_lets_accepted_ta
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("stood down"), "{}", err.message());
     let err = c
-        .respond_to_assignment(req(pb::RespondToAssignmentRequest {
-            idempotency_key: "late-accept".into(),
-            incident: "ripon".into(),
-            assignment_id: unanswered.to_hex(),
-            response: pb::AssignmentResponse::Accept as i32,
-            reason: String::new(),
-        }))
+        .respond_to_assignment(req(accept("late-accept", unanswered)))
         .await
         .expect_err("an acceptance after the stand-down");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
@@ -346,11 +311,7 @@ async fn a_stood_down_incident_cancels_unanswered_proposals_and_lets_accepted_ta
     .await
     .expect("a withdrawal after the stand-down");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let _ = stop.send(());
-    matcher
-        .await
-        .expect("matcher task")
-        .expect("matcher stopped cleanly");
+    matcher.stop().await;
 
     let log = read_all(&stream).await;
     assert!(

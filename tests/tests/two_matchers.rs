@@ -9,23 +9,16 @@ use std::time::Duration;
 use muster_schema::assignment::{Move, Stage};
 use muster_schema::{EntityId, Event};
 use muster_tests::workload::{self, req};
-use muster_tests::{Intake, Nats, read_all};
+use muster_tests::{Intake, Matcher, Nats, log_until, read_all};
 
 const INCIDENT: &str = "thirsk";
 
-fn matcher(
-    url: &str,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), muster_matcher::MatcherError>>,
-) {
+/// A matcher of `shard` on the log at `url`, ticking every 300 ms.
+fn matcher(url: &str, shard: muster_matcher::Shard) -> Matcher {
     let mut config = muster_matcher::Config::new(url);
     config.tick_every = Duration::from_millis(300);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(muster_matcher::run(config, async {
-        let _ = stopped.await;
-    }));
-    (stop, task)
+    config.shard = shard;
+    Matcher::start(config)
 }
 
 /// The matcher's state over the log's events up to `through` (inclusive).
@@ -119,7 +112,8 @@ async fn two_matchers_on_one_log_never_propose_a_need_or_an_offer_twice() {
     let intake = Intake::start(&nats.url()).await;
     let mut c = intake.client().await;
     workload::declare(&mut c, INCIDENT).await;
-    let matchers = [matcher(&nats.url()), matcher(&nats.url())];
+    let all = muster_matcher::Shard::ALL;
+    let matchers = [matcher(&nats.url(), all), matcher(&nats.url(), all)];
 
     // Volunteers and needs arrive in small bulks, so that rounds are cut all along; some
     // volunteers decline, so needs are proposed again.
@@ -161,11 +155,8 @@ async fn two_matchers_on_one_log_never_propose_a_need_or_an_offer_twice() {
             }
         }
     }
-    for (stop, task) in matchers {
-        let _ = stop.send(());
-        task.await
-            .expect("matcher task")
-            .expect("matcher stopped cleanly");
+    for m in matchers {
+        m.stop().await;
     }
 
     // Every proposal on the log, by the rule every reader applies: a need has at most one live
@@ -247,44 +238,24 @@ async fn matchers_given_shards_share_the_incidents_between_them() {
             })
             .count()
     };
-    let until_proposed = |name: String| {
-        let stream = stream.clone();
-        async move {
-            for _ in 0..100 {
-                let log = read_all(&stream).await;
-                if proposed_in(&log, &name) == 3 {
-                    return log;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("{name}'s needs not proposed within 10 s");
-        }
-    };
-    let start = |shard: muster_matcher::Shard| {
-        let mut config = muster_matcher::Config::new(nats.url());
-        config.shard = shard;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(muster_matcher::run(config, async {
-            let _ = stopped.await;
-        }));
-        (stop, task)
-    };
 
     // The first shard's matcher decides its incident, and leaves the other alone.
-    let first = start(shards[0]);
-    until_proposed(names[0].clone()).await;
+    let first = matcher(&nats.url(), shards[0]);
+    log_until(&stream, Duration::from_secs(10), &names[0], |log| {
+        proposed_in(log, &names[0]) == 3
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(proposed_in(&read_all(&stream).await, &names[1]), 0);
     // The second shard's matcher decides the other.
-    let second = start(shards[1]);
-    let log = until_proposed(names[1].clone()).await;
+    let second = matcher(&nats.url(), shards[1]);
+    let log = log_until(&stream, Duration::from_secs(10), &names[1], |log| {
+        proposed_in(log, &names[1]) == 3
+    })
+    .await;
     assert_eq!(proposed_in(&log, &names[0]), 3, "nothing more in the first");
-    for (stop, task) in [first, second] {
-        let _ = stop.send(());
-        task.await
-            .expect("matcher task")
-            .expect("matcher stopped cleanly");
-    }
+    first.stop().await;
+    second.stop().await;
     let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
         .await
         .expect("audit");
