@@ -112,7 +112,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(IntakeServer::new(intake.service.clone()))
         .add_service(projections.query_server())
-        .serve_with_incoming_shutdown(tokio_stream_listener(listener), shutdown)
+        .serve_with_incoming_shutdown(muster_proto::incoming(listener), shutdown)
         .await;
     intake.drain().await;
     let _ = stop_matcher.send(());
@@ -133,10 +133,6 @@ pub async fn run(
     served.context("serving gRPC")?;
     tracing::info!("stopped cleanly");
     Ok(())
-}
-
-fn tokio_stream_listener(l: tokio::net::TcpListener) -> tokio_stream::wrappers::TcpListenerStream {
-    tokio_stream::wrappers::TcpListenerStream::new(l)
 }
 
 /// Keeps the embedded nats-server running until told to stop, then stops it gracefully.

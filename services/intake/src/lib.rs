@@ -114,10 +114,7 @@ pub async fn run(
         .add_service(health)
         .add_service(reflection)
         .add_service(IntakeServer::new(intake.service.clone()))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(muster_proto::incoming(listener), shutdown)
         .await;
     intake.drain().await;
     Ok(served?)

@@ -292,13 +292,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(server)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                shutdown.await;
-                projections.close_watches();
-            },
-        )
+        .serve_with_incoming_shutdown(muster_proto::incoming(listener), async move {
+            shutdown.await;
+            projections.close_watches();
+        })
         .await?;
     Ok(())
 }
