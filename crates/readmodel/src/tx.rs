@@ -78,9 +78,23 @@ pub struct Tx<'a, R: Read + ?Sized> {
 
 impl<'a, R: Read + ?Sized> Tx<'a, R> {
     pub fn new(base: &'a R) -> Self {
+        Self::sized(base, &[])
+    }
+
+    /// A transaction expecting about `capacities[cf]` changes in each column family (indexed
+    /// like [`Cf::ALL`]; missing ones expect none), so that a large batch does not rehash its
+    /// tables as they grow.
+    pub fn sized(base: &'a R, capacities: &[usize]) -> Self {
         Self {
             base,
-            pending: (0..Cf::ALL.len()).map(|_| Pending::default()).collect(),
+            pending: (0..Cf::ALL.len())
+                .map(|i| {
+                    Pending::with_capacity_and_hasher(
+                        capacities.get(i).copied().unwrap_or(0),
+                        Default::default(),
+                    )
+                })
+                .collect(),
         }
     }
 
@@ -215,6 +229,11 @@ impl Changes {
 
     pub fn len(&self) -> usize {
         self.pending.iter().map(HashMap::len).sum()
+    }
+
+    /// How many changes each column family holds (indexed like [`Cf::ALL`]).
+    pub fn lens(&self) -> Vec<usize> {
+        self.pending.iter().map(HashMap::len).collect()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -75,13 +75,12 @@ impl Db {
 
     /// Commits a transaction's changes in one `WriteBatch`.
     pub fn commit(&self, changes: &Changes, durability: Durability) -> Result<(), StoreError> {
-        self.store.write_cf(
-            changes
-                .sorted()
-                .into_iter()
-                .map(|(cf, k, v)| (cf.name(), k, v)),
-            durability,
-        )
+        let named: Vec<_> = changes
+            .sorted()
+            .into_iter()
+            .map(|(cf, k, v)| (cf.name(), k, v))
+            .collect();
+        self.store.write_cf(&named, durability)
     }
 
     /// Puts everything written so far on disk.

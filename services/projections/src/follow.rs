@@ -37,6 +37,8 @@ pub async fn next_batch(consumer: &mut LogConsumer, max: usize) -> Option<Vec<De
     loop {
         match consumer.next().await? {
             Ok(d) => {
+                // Room for what is waiting after it, so the batch is not copied as it grows.
+                batch.reserve_exact((d.pending as usize).min(max.saturating_sub(1)) + 1);
                 batch.push(d);
                 break;
             }
@@ -64,7 +66,7 @@ pub fn items(batch: &mut [Delivered]) -> Vec<Item> {
         .iter_mut()
         .map(|d| {
             let env = std::mem::replace(&mut d.envelope, Err(DecodeError::Empty));
-            (d.seq, d.subject.clone(), env)
+            (d.seq, std::mem::take(&mut d.subject), env)
         })
         .collect()
 }
@@ -72,13 +74,15 @@ pub fn items(batch: &mut [Delivered]) -> Vec<Item> {
 pub use muster_store::Durability as Commit;
 
 /// Folds `items` in one transaction over `base` (the database, or the database under a batch
-/// still being committed) and returns its changes, not yet committed.
+/// still being committed) and returns its changes, not yet committed. `expect` is how many
+/// changes each column family will probably take ([`Tx::sized`]; empty: no idea).
 pub fn fold<R: Read + ?Sized>(
     base: &R,
     items: &[Item],
+    expect: &[usize],
 ) -> Result<(BatchReport, Changes), ProjectionsError> {
     let mut report = BatchReport::default();
-    let mut tx = Tx::new(base);
+    let mut tx = Tx::sized(base, expect);
     for (seq, subject, env) in items {
         match apply(&mut tx, *seq, subject, env)? {
             Outcome::Applied => report.applied += 1,
@@ -99,7 +103,7 @@ pub fn fold_batch(
     items: &[Item],
     commit: Commit,
 ) -> Result<BatchReport, ProjectionsError> {
-    let (report, changes) = fold(db, items)?;
+    let (report, changes) = fold(db, items, &[])?;
     if !changes.is_empty() {
         db.commit(&changes, commit)?;
     }
@@ -154,9 +158,18 @@ impl<T: Send + 'static> Pipeline<T> {
     ) -> Result<Option<(BatchReport, T)>, ProjectionsError> {
         let db = Arc::clone(&self.db);
         let top = self.in_flight.as_ref().map(|f| Arc::clone(&f.changes));
+        // Batches in a row look alike: expect this one's changes in the last one's proportions.
+        let expect: Vec<usize> = match &self.in_flight {
+            Some(f) => {
+                let events = (f.report.applied + f.report.skipped + f.report.set_aside).max(1);
+                let per_event = |n: usize| n * items.len() / events as usize;
+                f.changes.lens().into_iter().map(per_event).collect()
+            }
+            None => Vec::new(),
+        };
         let (report, changes) = tokio::task::spawn_blocking(move || match &top {
-            Some(top) => fold(&Layered { top, base: &*db }, &items),
-            None => fold(&*db, &items),
+            Some(top) => fold(&Layered { top, base: &*db }, &items, &expect),
+            None => fold(&*db, &items, &expect),
         })
         .await
         .map_err(|e| ProjectionsError::Task(e.to_string()))??;
