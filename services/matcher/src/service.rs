@@ -139,6 +139,32 @@ struct Incident {
     cut_short: bool,
     /// When (wall clock) the matcher last read an event of this incident.
     last_heard: std::time::Instant,
+    /// Rounds given up because another matcher recorded one first, since the last warning.
+    overtaken: Overtaken,
+}
+
+/// Warnings about another matcher deciding the same incident: the first at once, then one a
+/// minute with how many rounds were given up meanwhile (a second matcher left running would
+/// otherwise warn at every round).
+#[derive(Debug, Default)]
+struct Overtaken {
+    since_warned: u64,
+    warned: Option<std::time::Instant>,
+}
+
+impl Overtaken {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// Counts one round given up; `Some(n)` when it is time to warn about the `n` given up
+    /// since the last warning.
+    fn count(&mut self) -> Option<u64> {
+        self.since_warned += 1;
+        if self.warned.is_some_and(|at| at.elapsed() < Self::EVERY) {
+            return None;
+        }
+        self.warned = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.since_warned))
+    }
 }
 
 impl Incident {
@@ -303,6 +329,7 @@ async fn run_until(
                     cut_short: s.cut_short,
                     last_record: s.last_record,
                     last_heard: std::time::Instant::now(),
+                    overtaken: Overtaken::default(),
                 },
             );
         }
@@ -427,6 +454,7 @@ fn fold(incidents: &mut BTreeMap<IncidentId, Incident>, seq: u64, env: &Envelope
             cut_short: false,
             last_record: 0,
             last_heard: std::time::Instant::now(),
+            overtaken: Overtaken::default(),
         });
     inc.last_heard = std::time::Instant::now();
     inc.state.apply(seq, env);
@@ -544,12 +572,15 @@ async fn cut(
             inc.awaiting = Some(s);
         }
         RoundAppend::Overtaken { parts_stored } => {
-            tracing::warn!(
-                incident = %inc.id,
-                through_seq = s,
-                parts_stored,
-                "another matcher recorded a round of this incident first (is a second matcher running?): this round is given up, and decided again once that one is read"
-            );
+            if let Some(rounds) = inc.overtaken.count() {
+                tracing::warn!(
+                    incident = %inc.id,
+                    through_seq = s,
+                    parts_stored,
+                    rounds,
+                    "another matcher recorded a round of this incident first (is a second matcher running?): rounds given up since the last warning, each decided again once the other's is read"
+                );
+            }
             if parts_stored == 0 {
                 (inc.last_round, inc.cut_short) = before;
             }
@@ -716,5 +747,19 @@ mod tests {
             assert!(Shard::ALL.owns(inc));
         }
         assert!(owned.iter().all(|&n| n > 150), "{owned:?}");
+    }
+
+    #[test]
+    fn being_overtaken_warns_at_once_then_once_a_minute_with_the_count() {
+        let mut o = Overtaken::default();
+        assert_eq!(o.count(), Some(1));
+        assert_eq!(o.count(), None);
+        assert_eq!(o.count(), None);
+        // A minute on: the rounds given up meanwhile, this one included.
+        o.warned = o
+            .warned
+            .and_then(|at| at.checked_sub(Overtaken::EVERY + Duration::from_secs(1)));
+        assert_eq!(o.count(), Some(3));
+        assert_eq!(o.count(), None);
     }
 }
