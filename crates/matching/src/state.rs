@@ -563,6 +563,15 @@ impl State {
         }
     }
 
+    /// How many records the state holds (needs, offers, verifications, live assignments): what
+    /// the cost of encoding it grows with.
+    pub fn records(&self) -> usize {
+        self.needs.len()
+            + self.offers.len()
+            + self.verification_owner.len()
+            + self.assignments.len()
+    }
+
     /// Folds one event. Events the matcher does not need (and references to unknown entities)
     /// change nothing.
     pub fn apply(&mut self, seq: u64, env: &Envelope) {
