@@ -67,13 +67,7 @@ async fn killed_at_random_points_the_read_model_still_equals_the_fold_of_the_log
     let (_, stream) = nats.log().await;
 
     // The matcher runs alongside so the log holds rounds and assignments too.
-    let (stop_matcher, matcher_stopped) = tokio::sync::oneshot::channel::<()>();
-    let matcher = tokio::spawn(muster_matcher::run(
-        muster_matcher::Config::new(nats.url()),
-        async {
-            let _ = matcher_stopped.await;
-        },
-    ));
+    let matcher = muster_tests::Matcher::start(muster_matcher::Config::new(nats.url()));
     // Needs keep arriving in batches of random size for the whole test.
     let writer = {
         let mut c = intake.client().await;
@@ -120,11 +114,7 @@ async fn killed_at_random_points_the_read_model_still_equals_the_fold_of_the_log
     }
     writer.await.expect("writer");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop_matcher.send(());
-    matcher
-        .await
-        .expect("matcher task")
-        .expect("matcher stopped");
+    matcher.stop().await;
 
     // One last start: it must catch up with the whole log.
     let end = last_seq(&stream).await;

@@ -538,13 +538,7 @@ async fn a_rebuild_equals_the_live_read_model_and_an_independent_fold() {
     let mut c = intake.client().await;
     // A realistic log: offers, needs, the matcher's rounds, answers, and a poison event.
     workload::bulk(&mut c, INCIDENT, "o", workload::offers(0, 40)).await;
-    let (stop_matcher, matcher_stopped) = tokio::sync::oneshot::channel::<()>();
-    let matcher = tokio::spawn(muster_matcher::run(
-        muster_matcher::Config::new(nats.url()),
-        async {
-            let _ = matcher_stopped.await;
-        },
-    ));
+    let matcher = muster_tests::Matcher::start(muster_matcher::Config::new(nats.url()));
     for b in 0..5 {
         workload::bulk(
             &mut c,
@@ -602,11 +596,7 @@ async fn a_rebuild_equals_the_live_read_model_and_an_independent_fold() {
         .expect("respond");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop_matcher.send(());
-    matcher
-        .await
-        .expect("matcher task")
-        .expect("matcher stopped cleanly");
+    matcher.stop().await;
     let end = last_seq(&stream).await;
     projections.wait_for(end).await;
 
