@@ -60,7 +60,8 @@ pub async fn next_batch(consumer: &mut LogConsumer, max: usize) -> Option<Vec<De
     Some(batch)
 }
 
-/// Takes the events out of deliveries (the deliveries are kept for acknowledging).
+/// Takes the events and their subjects out of deliveries (the deliveries are kept for
+/// acknowledging).
 pub fn items(batch: &mut [Delivered]) -> Vec<Item> {
     batch
         .iter_mut()
