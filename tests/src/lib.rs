@@ -198,6 +198,19 @@ impl Drop for Intake {
     }
 }
 
+/// How many proposals each need has on `log` (as [`read_all`] returns it).
+pub fn proposals_per_need(
+    log: &[(u64, String, muster_schema::Envelope)],
+) -> std::collections::BTreeMap<muster_schema::EntityId, u32> {
+    let mut per_need = std::collections::BTreeMap::new();
+    for (_, _, e) in log {
+        if let muster_schema::Event::AssignmentProposedV1(p) = &e.event {
+            *per_need.entry(p.need).or_insert(0) += 1;
+        }
+    }
+    per_need
+}
+
 /// Reads every message of the stream, in order, decoding each envelope.
 pub async fn read_all(
     stream: &async_nats::jetstream::stream::Stream,

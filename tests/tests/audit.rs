@@ -384,7 +384,7 @@ async fn match_until_proposed(nats: &Nats, needs: usize) -> Vec<(u64, String, En
         &stream,
         std::time::Duration::from_secs(120),
         &format!("a proposal for each of {needs} needs"),
-        |log| proposals_per_need(log).len() == needs,
+        |log| muster_tests::proposals_per_need(log).len() == needs,
     )
     .await;
     matcher.stop().await;
@@ -396,18 +396,6 @@ fn records(log: &[(u64, String, Envelope)]) -> Vec<(u64, u32, u32)> {
         .filter_map(|(_, _, e)| e.event.round_record())
         .map(|r| (r.through_seq, r.part, r.parts))
         .collect()
-}
-
-fn proposals_per_need(
-    log: &[(u64, String, Envelope)],
-) -> std::collections::BTreeMap<EntityId, u32> {
-    let mut per_need = std::collections::BTreeMap::new();
-    for (_, _, e) in log {
-        if let Event::AssignmentProposedV1(p) = &e.event {
-            *per_need.entry(p.need).or_insert(0) += 1;
-        }
-    }
-    per_need
 }
 
 #[tokio::test]
@@ -430,7 +418,11 @@ async fn a_round_too_large_for_one_append_is_appended_in_parts_and_reproduced() 
             .count(),
         600
     );
-    assert!(proposals_per_need(&log).values().all(|&n| n == 1));
+    assert!(
+        muster_tests::proposals_per_need(&log)
+            .values()
+            .all(|&n| n == 1)
+    );
     let report = muster_matcher::audit::verify(&nats.url(), &Default::default())
         .await
         .expect("audit");
@@ -493,7 +485,9 @@ async fn a_round_cut_short_between_parts_is_decided_again_by_the_next_matcher_an
         "{rounds:?}"
     );
     assert!(
-        proposals_per_need(&log).values().all(|&n| n == 1),
+        muster_tests::proposals_per_need(&log)
+            .values()
+            .all(|&n| n == 1),
         "no need proposed twice"
     );
     // The stopped matcher's second part, appended late (after its first part's record, as

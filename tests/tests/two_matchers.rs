@@ -33,17 +33,6 @@ fn state_through(
     state
 }
 
-/// How many proposals each need has on the log.
-fn proposals_per_need(log: &[(u64, String, muster_schema::Envelope)]) -> BTreeMap<EntityId, u32> {
-    let mut per_need = BTreeMap::new();
-    for (_, _, e) in log {
-        if let Event::AssignmentProposedV1(p) = &e.event {
-            *per_need.entry(p.need).or_insert(0) += 1;
-        }
-    }
-    per_need
-}
-
 /// A writer that decided a round before another's round was recorded (a second matcher, slower
 /// or started earlier) is refused: its round would propose a need the other already proposed.
 #[tokio::test]
@@ -88,7 +77,7 @@ async fn a_round_decided_without_the_latest_recorded_round_is_refused() {
     );
     let log = read_all(&stream).await;
     assert_eq!(
-        proposals_per_need(&log)
+        muster_tests::proposals_per_need(&log)
             .values()
             .copied()
             .collect::<Vec<_>>(),
