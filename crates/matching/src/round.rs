@@ -96,7 +96,7 @@ fn endings(state: &State) -> (Vec<EntityId>, Vec<(EntityId, CancelReason)>) {
 }
 
 /// One candidate column of a need: the provider's best eligible offer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Candidate {
     offer: EntityId,
     distance_m: u32,
@@ -359,6 +359,7 @@ impl Promise {
 }
 
 /// What [`best_providers`] found, and how much it looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Found {
     best: BTreeMap<u32, Candidate>,
     /// An upper bound on the score of any eligible provider left out (`None`: none was).
@@ -366,6 +367,17 @@ struct Found {
     /// Offers the search came across, and those it judged by the rules.
     looked: u64,
     judged: u64,
+}
+
+impl Found {
+    fn empty() -> Self {
+        Self {
+            best: BTreeMap::new(),
+            beyond: None,
+            looked: 0,
+            judged: 0,
+        }
+    }
 }
 
 /// How [`best_providers`] searches.
@@ -615,9 +627,153 @@ const PARALLEL_FROM: usize = 64;
 /// the round is the same whatever the count).
 pub const SEARCH_THREADS: usize = 2;
 
+/// What makes two needs' lists the same: everything the rules read of a need but its urgency
+/// and how long it has waited, which only add a constant to each of its scores (see
+/// [`rules::score`]), so leave the order of its providers, and which of them a search keeps,
+/// as they are. A need some volunteer declined has no class: its list is its own.
+#[derive(PartialEq, Eq, Hash)]
+struct Alike<'a> {
+    category: muster_schema::Category,
+    party_size: u16,
+    window: &'a muster_schema::TimeWindow,
+    location: &'a muster_schema::GeoPoint,
+    skills: &'a [muster_schema::Skill],
+    verifications: &'a [muster_schema::VerificationKind],
+    vulnerable: bool,
+    size: usize,
+}
+
+impl<'a> Alike<'a> {
+    fn of(state: &State, id: &EntityId, need: &'a crate::state::Need, size: usize) -> Option<Self> {
+        if state.declined_by(id).is_some_and(|d| !d.is_empty()) {
+            return None;
+        }
+        let spec = &need.spec;
+        Some(Self {
+            category: spec.category,
+            party_size: spec.party_size,
+            window: &spec.window,
+            location: &spec.location,
+            skills: &spec.required_skills,
+            verifications: &spec.required_verifications,
+            vulnerable: spec.vulnerable,
+            size,
+        })
+    }
+}
+
+/// What a need's urgency and waiting add to each of its scores.
+fn own_part(state: &State, need: &crate::state::Need) -> (i64, i64) {
+    let s = rules::score(
+        need.spec.urgency.get(),
+        need.waited_us(state.now),
+        0,
+        0,
+        &state.policy,
+    );
+    (s.urgency, s.waiting)
+}
+
+/// `found`, the list of a need alike to `to` (see [`Alike`]) whose own part is `from`, as
+/// `to`'s own search would have found it: the same providers, each score moved by the
+/// difference in own parts. Nothing was searched for it, so nothing was looked at.
+fn moved(found: &Found, from: (i64, i64), to: (i64, i64)) -> Found {
+    let shift = (to.0 + to.1) - (from.0 + from.1);
+    Found {
+        best: found
+            .best
+            .iter()
+            .map(|(&slot, c)| {
+                let score = Score {
+                    total: c.score.total + shift,
+                    urgency: to.0,
+                    waiting: to.1,
+                    ..c.score
+                };
+                (slot, Candidate { score, ..*c })
+            })
+            .collect(),
+        beyond: found.beyond.map(|b| b + shift),
+        looked: 0,
+        judged: 0,
+    }
+}
+
 /// The lists of `open[i]` for each `i` in `which`, `size[i]` long, in `which`'s order (`None`:
-/// `cancel` was set). Shared out in contiguous runs over up to `threads` threads.
+/// `cancel` was set). Needs alike (see [`Alike`]) — a crowd at an evacuation centre — share one
+/// search: the first of them in `which` searches, the others take its list moved to their own
+/// scores.
 fn find_lists(
+    state: &State,
+    open: &[(&EntityId, &crate::state::Need)],
+    which: &[usize],
+    size: &[usize],
+    search: Search,
+    cancel: &AtomicBool,
+    threads: usize,
+) -> Option<Vec<Found>> {
+    let mut first: std::collections::HashMap<Alike<'_>, usize> = Default::default();
+    // The needs that search, and for each of `which` the one whose search it takes.
+    let mut searching: Vec<usize> = Vec::new();
+    let mut taken_from: Vec<usize> = Vec::with_capacity(which.len());
+    for &i in which {
+        let (id, need) = open[i];
+        let at = match Alike::of(state, id, need, size[i]) {
+            Some(key) => *first.entry(key).or_insert_with(|| {
+                searching.push(i);
+                searching.len() - 1
+            }),
+            None => {
+                searching.push(i);
+                searching.len() - 1
+            }
+        };
+        taken_from.push(at);
+    }
+    let mut found = search_lists(state, open, &searching, size, search, cancel, threads)?;
+    if searching.len() == which.len() {
+        return Some(found);
+    }
+    // How many of `which` still take each search's list: the last one takes it whole.
+    let mut takers = vec![0u32; searching.len()];
+    for &at in &taken_from {
+        takers[at] += 1;
+    }
+    let parts: Vec<(i64, i64)> = searching
+        .iter()
+        .map(|&i| own_part(state, open[i].1))
+        .collect();
+    let mut lists = Vec::with_capacity(which.len());
+    for (&i, &at) in which.iter().zip(&taken_from) {
+        takers[at] -= 1;
+        let last = takers[at] == 0;
+        let list = if i == searching[at] {
+            // The need that searched: its own list, and what its search looked at.
+            if last {
+                std::mem::replace(&mut found[at], Found::empty())
+            } else {
+                found[at].clone()
+            }
+        } else {
+            let to = own_part(state, open[i].1);
+            if last && to == parts[at] {
+                Found {
+                    looked: 0,
+                    judged: 0,
+                    ..std::mem::replace(&mut found[at], Found::empty())
+                }
+            } else {
+                moved(&found[at], parts[at], to)
+            }
+        };
+        lists.push(list);
+    }
+    Some(lists)
+}
+
+/// The lists of `open[i]` for each `i` in `which`, each searched for, shared out in contiguous
+/// runs over up to `threads` threads.
+fn search_lists(
     state: &State,
     open: &[(&EntityId, &crate::state::Need)],
     which: &[usize],
@@ -1216,5 +1372,126 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(records, vec![500, 1_001]);
+    }
+
+    /// A crowd: needs at three places, each place with needs of two shapes (one for a party of
+    /// two), urgencies 1 to 5 and reported over two hours (so their scores differ by
+    /// constants); volunteers around them, some taking two. Log time is two hours on.
+    fn crowd() -> State {
+        use muster_schema::events::*;
+        use muster_schema::*;
+        const T0: i64 = 1_800_000_000_000_000;
+        const MINUTE: i64 = 60_000_000;
+        let incident = IncidentId::parse("i", "crowd").expect("valid");
+        let window = TimeWindow::new(T0, T0 + 600 * MINUTE).expect("valid");
+        let place = |i: usize| {
+            GeoPoint::from_degrees(53.9 + (i % 9) as f64 * 0.011, -1.1 + (i / 9) as f64 * 0.017)
+                .expect("valid")
+        };
+        let mut state = State::default();
+        let mut seq = 0u64;
+        let mut at = |minutes: i64, event: Event| {
+            seq += 1;
+            state.apply(
+                seq,
+                &Envelope::generated(
+                    seq,
+                    incident.clone(),
+                    PartitionCode::parse("p", "A1").expect("valid"),
+                    Timestamp(T0 + minutes * MINUTE),
+                    AgencyId::parse("a", "council").expect("valid"),
+                    event,
+                ),
+            );
+        };
+        at(
+            0,
+            Event::IncidentDeclaredV1(IncidentDeclaredV1 {
+                incident: incident.clone(),
+                name: "crowd".into(),
+                partitions: vec![],
+                categories: vec![],
+                policy: PolicyV1::default(),
+            }),
+        );
+        for i in 0..60usize {
+            at(
+                0,
+                Event::OfferRegisteredV1(OfferRegisteredV1 {
+                    offer: EntityId::hash(&[b"o", &i.to_le_bytes()]),
+                    reference: Reference::parse("r", &format!("o{i}")).expect("valid"),
+                    provider: Provider::Volunteer(
+                        PersonId::parse("p", &format!("v{i}")).expect("valid"),
+                    ),
+                    spec: OfferSpecV1 {
+                        kinds: vec![Category::Shelter],
+                        skills: vec![],
+                        capacity: 1 + (i % 3 == 0) as u16,
+                        location: place(i),
+                        travel_radius_m: 4_000 + (i as u32 % 4) * 2_000,
+                        availability: vec![window],
+                    },
+                    personal: Personal::None,
+                }),
+            );
+        }
+        for i in 0..120usize {
+            at(
+                i as i64,
+                Event::NeedReportedV1(NeedReportedV1 {
+                    need: EntityId::hash(&[b"n", &i.to_le_bytes()]),
+                    reference: Reference::parse("r", &format!("n{i}")).expect("valid"),
+                    spec: NeedSpecV1 {
+                        category: Category::Shelter,
+                        urgency: Urgency::new("u", 1 + (i % 5) as u32).expect("valid"),
+                        party_size: 1 + (i % 7 == 0) as u16,
+                        window,
+                        location: place(20 * (i % 3)),
+                        required_skills: vec![],
+                        required_verifications: vec![],
+                        vulnerable: false,
+                    },
+                    personal: Personal::None,
+                }),
+            );
+        }
+        let tick = TickV1 {
+            incident: incident.clone(),
+        };
+        at(120, Event::TickV1(tick));
+        state
+    }
+
+    /// Needs alike share one search, and each gets the list its own search would find (the
+    /// same providers, its own scores, its own bound on those left out), whatever the
+    /// engine's search and the list's length.
+    #[test]
+    fn needs_alike_share_a_search_and_get_their_own_lists() {
+        let state = crowd();
+        let open = open_needs(&state);
+        assert_eq!(open.len(), 120);
+        let every: Vec<usize> = (0..open.len()).collect();
+        let go = AtomicBool::new(false);
+        for search in [Search::Full, Search::Lean, Search::Nearest, Search::Tiered] {
+            for n in [1, 8, 32, 500] {
+                let size = vec![n; open.len()];
+                let shared = find_lists(&state, &open, &every, &size, search, &go, 1)
+                    .expect("not cancelled");
+                let alone = search_lists(&state, &open, &every, &size, search, &go, 1)
+                    .expect("not cancelled");
+                // Six shapes of need, so six searches: the others looked at nothing.
+                assert_eq!(
+                    shared.iter().filter(|f| f.looked > 0).count(),
+                    6,
+                    "{search:?} {n}"
+                );
+                assert!(alone.iter().all(|f| f.looked > 0));
+                for (i, (a, b)) in shared.iter().zip(&alone).enumerate() {
+                    assert!(!b.best.is_empty(), "need {i} has candidates");
+                    assert_eq!(a.best, b.best, "{search:?} {n}: need {i}'s list");
+                    assert_eq!(a.beyond, b.beyond, "{search:?} {n}: need {i}'s bound");
+                }
+            }
+        }
     }
 }

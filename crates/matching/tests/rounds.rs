@@ -135,6 +135,15 @@ impl Scenario {
         }))
     }
 
+    /// The volunteer proposed in `assignment` declines it.
+    fn declined(&mut self, assignment: EntityId) -> &mut Self {
+        self.given(Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+            assignment,
+            response: Response::Decline,
+            reason: String::new(),
+        }))
+    }
+
     /// Cuts a round and applies its proposals, as the matcher's own events coming back.
     fn round_applied(&mut self) -> Vec<(String, String)> {
         let r = round(&self.state);
@@ -370,14 +379,31 @@ fn a_volunteer_who_declined_a_need_is_not_proposed_for_it_again() {
     let r = round(&s.state);
     let assignment = r.proposals[0].assignment;
     s.round_applied();
-    s.given(Event::VolunteerRespondedV1(VolunteerRespondedV1 {
-        assignment,
-        response: Response::Decline,
-        reason: String::new(),
-    }));
+    s.declined(assignment);
     assert!(s.then().is_empty());
     s.offer("o2", "vol-b", offer());
     assert_eq!(s.then(), vec![pair("n1", "vol-b")]);
+}
+
+/// Needs alike share one search for their lists, but not a need someone declined: its list
+/// leaves that volunteer out, and the others' lists keep them.
+#[test]
+fn a_need_declined_by_a_volunteer_keeps_its_own_list_among_needs_alike() {
+    let mut s = Scenario::new();
+    s.need("n1", need(3))
+        .need("n2", need(3))
+        .need("n3", need(3))
+        .offer("o1", "vol-a", offer());
+    let r = round(&s.state);
+    assert_eq!(r.proposals.len(), 1);
+    let declining = name_of(r.proposals[0].need);
+    let assignment = r.proposals[0].assignment;
+    s.round_applied();
+    s.declined(assignment);
+    let then = s.then();
+    assert_eq!(then.len(), 1, "{then:?}");
+    assert_ne!(then[0].0, declining);
+    assert_eq!(then[0].1, "vol-a");
 }
 
 #[test]
@@ -735,11 +761,7 @@ fn declining_a_proposal_whose_need_was_withdrawn_does_not_reopen_it() {
         need: id("n1"),
         reason: String::new(),
     }));
-    s.given(Event::VolunteerRespondedV1(VolunteerRespondedV1 {
-        assignment: a1,
-        response: Response::Decline,
-        reason: String::new(),
-    }));
+    s.declined(a1);
     assert_eq!(
         s.state.needs[&id("n1")].status,
         muster_matching::state::NeedStatus::Withdrawn
@@ -998,11 +1020,7 @@ mod properties {
                 Step::Decline { which } => {
                     let pending: Vec<EntityId> = s.state.assignments.keys().copied().collect();
                     if let Some(a) = pending.get(usize::from(*which) % pending.len().max(1)) {
-                        s.given(Event::VolunteerRespondedV1(VolunteerRespondedV1 {
-                            assignment: *a,
-                            response: Response::Decline,
-                            reason: String::new(),
-                        }));
+                        s.declined(*a);
                     }
                 }
                 Step::Tick { hours } => {
