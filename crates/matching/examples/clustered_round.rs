@@ -6,7 +6,9 @@
 //! Volunteers stand on a grid about a kilometre apart (one per need, each able to take one
 //! task, all within `radius_m` of every need). Clustered, every need ranks the volunteers in
 //! the same order, so every need's short list starts with the same few volunteers and is
-//! widened until the lists together hold a volunteer for each need: a dense instance.
+//! widened until the lists together hold a volunteer for each need: a dense instance. Needs
+//! alike share one search for their lists, and the solver spreads out one row of them per
+//! search, so what remains is the size of the instance.
 
 use std::time::Instant;
 
