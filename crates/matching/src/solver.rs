@@ -81,9 +81,18 @@ struct Classes {
     count: usize,
 }
 
+/// Rows shorter than this are classes of their own: spreading one out again costs little, and
+/// a solve over short lists (most rounds) is not slowed by fingerprinting them.
+const CLASS_FROM: usize = 16;
+
+/// One step of a fast, fixed hash (FxHash's): fingerprints of rows, computed every solve.
+fn mix(h: u64, x: u64) -> u64 {
+    (h.rotate_left(5) ^ x).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95)
+}
+
 impl Classes {
-    fn of(instance: &Instance) -> Self {
-        use std::hash::{Hash, Hasher};
+    /// Rows of at least `from` columns in classes; shorter rows each a class of its own.
+    fn of(instance: &Instance, from: usize) -> Self {
         let rows = &instance.rows;
         let first_weight = |i: usize| rows[i].first().map_or(0, |&(_, w)| w);
         let alike = |a: usize, b: usize| {
@@ -94,26 +103,34 @@ impl Classes {
                     .zip(&rows[b])
                     .all(|(x, y)| x.0 == y.0 && x.1 - wa == y.1 - wb)
         };
-        // Looked up, never iterated: class numbers follow the rows' order.
-        let mut by_shape: std::collections::HashMap<u64, Vec<usize>> = Default::default();
+        // The first class of each fingerprint; looked up, never iterated, so class numbers
+        // follow the rows' order. A row whose fingerprint is another shape's (a collision)
+        // is a class of its own: only the saving is lost.
+        let mut by_print: std::collections::HashMap<u64, usize> = Default::default();
         let mut first_of: Vec<usize> = Vec::new();
         let mut of = Vec::with_capacity(rows.len());
         let mut offset = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let w0 = first_weight(i);
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for &(j, w) in row {
-                (j, w - w0).hash(&mut h);
-            }
-            let classes = by_shape.entry(h.finish()).or_default();
-            let class = match classes.iter().find(|&&k| alike(first_of[k], i)) {
-                Some(&k) => k,
-                None => {
-                    first_of.push(i);
-                    classes.push(first_of.len() - 1);
-                    first_of.len() - 1
+            let class = if row.len() < from {
+                None
+            } else {
+                let print = row.iter().fold(row.len() as u64, |h, &(j, w)| {
+                    mix(mix(h, j as u64), (w - w0) as u64)
+                });
+                match by_print.get(&print) {
+                    Some(&k) if alike(first_of[k], i) => Some(k),
+                    Some(_) => None,
+                    None => {
+                        by_print.insert(print, first_of.len());
+                        None
+                    }
                 }
             };
+            let class = class.unwrap_or_else(|| {
+                first_of.push(i);
+                first_of.len() - 1
+            });
             of.push(class);
             offset.push(w0 - first_weight(first_of[class]));
         }
@@ -142,7 +159,7 @@ pub fn solve(instance: &Instance) -> Solution {
 
 /// Solves `instance` exactly, keeping the duals.
 pub fn solve_with_duals(instance: &Instance) -> Solved {
-    solve_in_classes(instance, Classes::of(instance))
+    solve_in_classes(instance, Classes::of(instance, CLASS_FROM))
 }
 
 /// [`solve_with_duals`], each row spreading out only as its class allows.
@@ -435,7 +452,7 @@ mod tests {
         /// the same duals as spreading out every row a search reaches.
         #[test]
         fn rows_alike_solve_as_if_each_were_spread_out(inst in crowds()) {
-            let classes = Classes::of(&inst);
+            let classes = Classes::of(&inst, 1);
             prop_assert!(classes.count < inst.rows.len());
             let fast = solve_in_classes(&inst, classes);
             let each = solve_in_classes(&inst, Classes::none(inst.rows.len()));
