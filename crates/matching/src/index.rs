@@ -41,6 +41,8 @@ pub struct Entry {
     /// Its provider's tasks so far, at most [`TIERS`] - 1: fairness scores them no higher
     /// than a provider with this many tasks.
     tier: u8,
+    /// Its capacity not committed to pending or accepted assignments (at most `u16::MAX`).
+    room: u16,
 }
 
 /// Fairness tiers an entry records: tasks 0, 1, 2, and 3 or more.
@@ -67,6 +69,12 @@ impl Entry {
     /// [`crate::rules::qualification_bits`]): `false` proves they lack one of them.
     pub fn may_qualify(&self, required: u16) -> bool {
         self.quals & required == required
+    }
+
+    /// Whether its offer has room for a party of `party` now: `false` proves it cannot take
+    /// them (the rules' capacity check, see [`crate::rules::eligible`]).
+    pub fn has_room(&self, party: u16) -> bool {
+        self.room >= party
     }
 }
 
@@ -101,11 +109,17 @@ struct Placed {
     level: u8,
     quals: u16,
     tier: u8,
+    room: u16,
 }
 
 /// The fairness tier of a provider with `tasks` tasks.
 fn tier_of_tasks(tasks: u32) -> u8 {
     tasks.min(u32::from(TIERS - 1)) as u8
+}
+
+/// The room an entry records for `room` places (capped: no party is that large).
+fn room_of(room: u32) -> u16 {
+    room.min(u32::from(u16::MAX)) as u16
 }
 
 /// A category's bit in an entry's `kinds`.
@@ -150,8 +164,8 @@ impl SpatialIndex {
         }
     }
 
-    /// Indexes offer `slot` as its provider's `class` says.
-    pub(crate) fn insert(&mut self, slot: u32, spec: &OfferSpecV1, class: Class) {
+    /// Indexes offer `slot` as its provider's `class` says, with `room` for that many more.
+    pub(crate) fn insert(&mut self, slot: u32, spec: &OfferSpecV1, class: Class, room: u32) {
         self.max_radius_m = self.max_radius_m.max(spec.travel_radius_m);
         let placed = Placed {
             kinds: kind_bits(&spec.kinds),
@@ -160,6 +174,7 @@ impl SpatialIndex {
             level: class.level.min(LEVELS as u8 - 1),
             quals: class.quals,
             tier: tier_of_tasks(class.tasks),
+            room: room_of(room),
         };
         if self.placed.get(slot as usize) == Some(&Some(placed)) {
             // Already there (a provider's new verification or task that changes nothing the
@@ -174,6 +189,7 @@ impl SpatialIndex {
             kinds: placed.kinds,
             quals: placed.quals,
             tier: placed.tier,
+            room: placed.room,
         };
         let list = &mut self
             .cells
@@ -199,28 +215,55 @@ impl SpatialIndex {
     /// level and qualifications are filed by what their verifications were when they changed).
     pub(crate) fn set_tasks(&mut self, slot: u32, tasks: u32) {
         let tier = tier_of_tasks(tasks);
-        let Some(Some(placed)) = self.placed.get_mut(slot as usize) else {
-            return;
-        };
-        if placed.tier == tier {
-            return;
-        }
-        placed.tier = tier;
-        let placed = *placed;
-        let list = self
-            .cells
-            .get_mut(&geo::coarse_of(placed.fine))
-            .and_then(|fines| fines.get_mut(&placed.fine))
-            .map(|bucket| &mut bucket.by_level[usize::from(placed.level)]);
-        if let Some(list) = list
-            && let Ok(i) = list.binary_search_by_key(&slot, |e| e.slot)
-        {
-            list[i].tier = tier;
+        if let Some(entry) = self.entry_mut(slot, |p| {
+            let changed = p.tier != tier;
+            p.tier = tier;
+            changed
+        }) {
+            entry.tier = tier;
         }
     }
 
-    /// The fairness tier of offer `slot`'s entry, where searches read it (`None`: not indexed).
-    pub fn tier_of(&self, slot: u32) -> Option<u8> {
+    /// Files offer `slot` with `room` for that many more (its capacity not committed).
+    pub(crate) fn set_room(&mut self, slot: u32, room: u32) {
+        let room = room_of(room);
+        if let Some(entry) = self.entry_mut(slot, |p| {
+            let changed = p.room != room;
+            p.room = room;
+            changed
+        }) {
+            entry.room = room;
+        }
+    }
+
+    /// Offer `slot`'s entry, after `update` changed where it is placed (`None`: not indexed,
+    /// or `update` says nothing changed).
+    fn entry_mut(
+        &mut self,
+        slot: u32,
+        update: impl FnOnce(&mut Placed) -> bool,
+    ) -> Option<&mut Entry> {
+        let placed = self.placed.get_mut(slot as usize)?.as_mut()?;
+        if !update(placed) {
+            return None;
+        }
+        let placed = *placed;
+        let list = &mut self
+            .cells
+            .get_mut(&geo::coarse_of(placed.fine))?
+            .get_mut(&placed.fine)?
+            .by_level[usize::from(placed.level)];
+        let i = list.binary_search_by_key(&slot, |e| e.slot).ok()?;
+        Some(&mut list[i])
+    }
+
+    /// The room of offer `slot`'s entry, where searches read it (`None`: not indexed).
+    pub fn room_of(&self, slot: u32) -> Option<u16> {
+        self.entry(slot).map(|e| e.room)
+    }
+
+    /// Offer `slot`'s entry (`None`: not indexed).
+    fn entry(&self, slot: u32) -> Option<&Entry> {
         let placed = self.placed.get(slot as usize).copied().flatten()?;
         let list = &self
             .cells
@@ -228,7 +271,12 @@ impl SpatialIndex {
             .get(&placed.fine)?
             .by_level[usize::from(placed.level)];
         let i = list.binary_search_by_key(&slot, |e| e.slot).ok()?;
-        Some(list[i].tier)
+        Some(&list[i])
+    }
+
+    /// The fairness tier of offer `slot`'s entry, where searches read it (`None`: not indexed).
+    pub fn tier_of(&self, slot: u32) -> Option<u8> {
+        self.entry(slot).map(|e| e.tier)
     }
 
     /// The largest travel radius of any offer indexed so far.
@@ -578,6 +626,7 @@ mod tests {
                             level: *level,
                             ..Class::default()
                         },
+                        1,
                     );
                     truth.insert(*slot, Some((s.location, kinds, *level)));
                 }

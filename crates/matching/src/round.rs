@@ -47,12 +47,19 @@ pub struct Proposal {
 ///   a task, engine 3 judged every one of them before it could rule out an untasked volunteer
 ///   farther away, and proved a need that no one near can serve unmatchable by judging every
 ///   offer in reach, every round. The same optimum total; its lists can differ from engine
-///   3's, hence a new engine. The one the matcher runs.
-pub const ENGINE: u16 = 4;
+///   3's, hence a new engine.
+/// - Engine 5: engine 4, also passing over an offer without room for the need's party (the
+///   index files each offer's capacity not yet committed). In a surge of families needing
+///   hosts, most hosts near the centre soon have room for a small family but not a large one,
+///   and engine 4 judged every one of them, every round, before it reached one with room (nine
+///   of ten offers it judged in the hosting surge failed on capacity). The same optimum total;
+///   its lists can differ from engine 4's (what it passes over bounds nothing), hence a new
+///   engine. The one the matcher runs.
+pub const ENGINE: u16 = 5;
 
 /// The newest engine this build knows; every engine from 1 to this one can still decide (and
 /// so audit) a round.
-pub const LATEST_ENGINE: u16 = 4;
+pub const LATEST_ENGINE: u16 = 5;
 
 /// Engines 2 to 4: how many providers a need's list starts with, and how much a list grows
 /// when the duals cannot prove the providers left out irrelevant.
@@ -189,7 +196,7 @@ fn best_providers(
         n: n.max(1),
         waited: need.waited_us(state.now),
         lean: search != Search::Full,
-        live_nth: matches!(search, Search::Nearest | Search::Tiered),
+        live_nth: matches!(search, Search::Nearest | Search::Tiered | Search::Roomy),
         best: BTreeMap::new(),
         beyond: None,
         nth: None,
@@ -221,8 +228,14 @@ fn best_providers(
                 list.trim();
             }
         }
-        Search::Nearest | Search::Tiered => {
-            let tiered = search == Search::Tiered;
+        Search::Nearest | Search::Tiered | Search::Roomy => {
+            let tiered = matches!(search, Search::Tiered | Search::Roomy);
+            // Engine 5: the party an offer must have room for (0: any offer will do).
+            let party = if search == Search::Roomy {
+                need.spec.party_size
+            } else {
+                0
+            };
             let quals = need.required_quals();
             let mut walk = state.index.nearest(&spec.location, reach);
             // The cell's offers to judge, most promising first: see `Promise`.
@@ -247,9 +260,9 @@ fn best_providers(
                 let mut left_out: Option<i64> = None;
                 for e in bucket.serving(spec.category, min_level) {
                     list.looked += 1;
-                    let hopeless = !e.may_qualify(quals);
+                    let hopeless = !e.may_qualify(quals) || !e.has_room(party);
                     if tiered && hopeless {
-                        // Engine 4: an offer the rules would reject bounds nothing.
+                        // Engines 4 and 5: an offer the rules would reject bounds nothing.
                         continue;
                     }
                     let d = geo::distance_m(&spec.location, &e.at);
@@ -394,6 +407,8 @@ enum Search {
     /// Engine 4: as `Nearest`, each offer's ceiling counting its provider's tasks, and offers
     /// of providers without a required qualification passed over.
     Tiered,
+    /// Engine 5: as `Tiered`, offers without room for the party passed over too.
+    Roomy,
 }
 
 /// A need's list as [`best_providers`] builds it.
@@ -839,8 +854,8 @@ impl RoundInstance {
         Self::from_lists(state, per_need.iter().map(|(id, l)| (*id, l)))
     }
 
-    /// The instance of engine 2 or 3 and its optimum: short lists, widened where the duals ask
-    /// (`None`: `engine` is neither).
+    /// The instance of a short-list engine (2 to 5) and its optimum: short lists, widened
+    /// where the duals ask (`None`: `engine` is not one).
     pub fn solve_widening(
         state: &State,
         engine: u16,
@@ -875,6 +890,7 @@ impl RoundInstance {
             2 => Search::Lean,
             3 => Search::Nearest,
             4 => Search::Tiered,
+            5 => Search::Roomy,
             _ => return None,
         };
         let cancelled = || cancel.load(Ordering::Relaxed);
@@ -1039,7 +1055,7 @@ impl RoundInstance {
     }
 }
 
-/// How engine 2 or 3 got to its instance.
+/// How a short-list engine (2 to 5) got to its instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WideningStats {
     /// Solves, the last of them certified.
@@ -1068,8 +1084,9 @@ pub fn round_until(state: &State, cancel: &AtomicBool) -> Option<Round> {
     Some(decide(state, ENGINE, &built, &solution))
 }
 
-/// The round for `state` as engine 2 or 3 decides it searching on up to `threads` threads (the
-/// same round whatever the count), with how the engine got there (`None`: `engine` is neither).
+/// The round for `state` as a short-list engine (2 to 5) decides it searching on up to
+/// `threads` threads (the same round whatever the count), with how the engine got there
+/// (`None`: `engine` is not one).
 pub fn round_with_stats(
     state: &State,
     engine: u16,
@@ -1088,7 +1105,7 @@ pub fn round_with(state: &State, engine: u16) -> Option<Round> {
             let solution = solver::solve(&built.instance());
             (built, solution)
         }
-        2..=4 => {
+        2..=LATEST_ENGINE => {
             let (built, solution, _) = RoundInstance::solve_widening(state, engine)?;
             (built, solution)
         }
@@ -1472,7 +1489,13 @@ mod tests {
         assert_eq!(open.len(), 120);
         let every: Vec<usize> = (0..open.len()).collect();
         let go = AtomicBool::new(false);
-        for search in [Search::Full, Search::Lean, Search::Nearest, Search::Tiered] {
+        for search in [
+            Search::Full,
+            Search::Lean,
+            Search::Nearest,
+            Search::Tiered,
+            Search::Roomy,
+        ] {
             for n in [1, 8, 32, 500] {
                 let size = vec![n; open.len()];
                 let shared = find_lists(&state, &open, &every, &size, search, &go, 1)

@@ -264,7 +264,7 @@ impl State {
         for slot in self.providers[provider as usize].offers.clone() {
             let o = &self.offers[slot as usize];
             if !o.withdrawn {
-                self.index.insert(slot, &o.spec, class);
+                self.index.insert(slot, &o.spec, class, o.remaining());
             }
         }
     }
@@ -443,6 +443,11 @@ impl State {
                     Some(tasks.min(u32::from(crate::index::TIERS) - 1)),
                     "offer {slot}'s fairness tier"
                 );
+                assert_eq!(
+                    self.index.room_of(slot as u32).map(u32::from),
+                    Some(o.remaining().min(u32::from(u16::MAX))),
+                    "offer {slot}'s room"
+                );
             }
         }
         let pending: BTreeSet<(Timestamp, EntityId)> = self
@@ -492,6 +497,8 @@ impl State {
         if let Some(slot) = self.offer_slot.get(&a.offer) {
             let o = &mut self.offers[*slot as usize];
             o.committed = o.committed.saturating_sub(a.party);
+            let room = o.remaining();
+            self.index.set_room(*slot, room);
         }
         if let Some(slot) = self.slot_of_provider(&a.provider) {
             let p = &mut self.providers[slot as usize];
@@ -646,7 +653,8 @@ impl State {
                 });
                 self.providers[provider as usize].offers.push(slot);
                 let class = self.class_of(provider);
-                self.index.insert(slot, &e.spec, class);
+                self.index
+                    .insert(slot, &e.spec, class, u32::from(e.spec.capacity));
             }
             Event::OfferUpdatedV1(e) => {
                 let Some(&slot) = self.offer_slot.get(&e.offer) else {
@@ -657,9 +665,9 @@ impl State {
                     return;
                 }
                 o.spec = e.spec.clone();
-                let provider = o.provider;
+                let (provider, room) = (o.provider, o.remaining());
                 let class = self.class_of(provider);
-                self.index.insert(slot, &e.spec, class);
+                self.index.insert(slot, &e.spec, class, room);
                 self.assess_all(self.live_by_offer.get(&e.offer).cloned());
             }
             Event::OfferWithdrawnV1(e) => {
@@ -713,7 +721,10 @@ impl State {
                     self.set_status(&e.need, NeedStatus::Assigned(e.assignment));
                 }
                 if let Some(&slot) = self.offer_slot.get(&e.offer) {
-                    self.offers[slot as usize].committed += party;
+                    let o = &mut self.offers[slot as usize];
+                    o.committed += party;
+                    let room = o.remaining();
+                    self.index.set_room(slot, room);
                 }
                 let provider = self.provider_slot_of(&e.volunteer);
                 let p = &mut self.providers[provider as usize];

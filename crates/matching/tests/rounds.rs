@@ -590,6 +590,64 @@ fn engine_4_passes_over_volunteers_with_tasks_that_cannot_beat_one_without() {
     s.state.check_derived();
 }
 
+/// Hosts near a reception point with room for three, then (once each has taken a couple) for
+/// one; a host farther out with room for four. A family too large for the near hosts is
+/// matched with the far one by every engine, and engine 5 does not judge the near ones.
+#[test]
+fn engine_5_passes_over_hosts_without_room_for_the_family() {
+    use muster_matching::round::round_with_stats;
+    let mut s = Scenario::new();
+    volunteers_north(&mut s, 0, 60, 100, 20);
+    let far = |s: &mut Scenario, name: &str, volunteer: &str| {
+        s.offer(
+            name,
+            volunteer,
+            OfferSpecV1 {
+                capacity: 4,
+                travel_radius_m: 20_000,
+                location: GeoPoint {
+                    lat_e6: at(53.96, -1.08).lat_e6 + 3_000 * 9,
+                    lon_e6: at(53.96, -1.08).lon_e6,
+                },
+                ..offer()
+            },
+        );
+    };
+    far(&mut s, "far-1", "host-far-1");
+    let family = |size: u16| NeedSpecV1 {
+        party_size: size,
+        ..need(3)
+    };
+    let only_far = |s: &Scenario, far_host: &str, near_judged_by_4: usize| {
+        for engine in 1..=muster_matching::round::LATEST_ENGINE {
+            let r = muster_matching::round::round_with(&s.state, engine).expect("a known engine");
+            let got: Vec<String> = r.proposals.iter().map(|p| p.provider.to_string()).collect();
+            assert_eq!(got, [far_host], "engine {engine}");
+        }
+        let (_, four) = round_with_stats(&s.state, 4, 1).expect("engine 4");
+        let (_, five) = round_with_stats(&s.state, 5, 1).expect("engine 5");
+        assert!(
+            four.judged as usize > near_judged_by_4,
+            "engine 4 judged {}",
+            four.judged
+        );
+        assert_eq!(five.judged, 1, "engine 5 judged only the far host");
+    };
+    s.need("family-of-4", family(4));
+    only_far(&s, "host-far-1", 60);
+    // Each near host takes a couple (the far one is kept busy with a family of four): room
+    // for one is left near, and the next far host has room for four.
+    s.round_applied();
+    for i in 0..60 {
+        s.need(&format!("couple-{i}"), family(2));
+    }
+    assert_eq!(s.round_applied().len(), 60);
+    far(&mut s, "far-2", "host-far-2");
+    s.need("couple-late", family(2));
+    only_far(&s, "host-far-2", 60);
+    s.state.check_derived();
+}
+
 #[test]
 fn an_assignment_not_accepted_in_time_expires_and_its_need_is_matched_again() {
     let mut s = Scenario::new();
