@@ -17,6 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use muster_schema::events::OfferSpecV1;
 use muster_schema::{Category, GeoPoint};
@@ -43,6 +44,8 @@ pub struct Entry {
     tier: u8,
     /// Its capacity not committed to pending or accepted assignments (at most `u16::MAX`).
     room: u16,
+    /// Its provider's criminal-record level (at most `LEVELS` - 1).
+    level: u8,
 }
 
 /// Fairness tiers an entry records: tasks 0, 1, 2, and 3 or more.
@@ -78,24 +81,64 @@ impl Entry {
     }
 }
 
-/// The offers of one fine cell, by their provider's criminal-record level; each sorted by slot.
+/// The offers of one fine cell, sorted by their provider's criminal-record level, then slot.
+/// Most fine cells hold an offer or two: up to [`INLINE`] are kept in the bucket itself, so a
+/// walk reads a cell's offers where it finds the cell, not behind another pointer.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct Bucket {
-    by_level: [Vec<Entry>; LEVELS],
+    entries: SmallVec<[Entry; INLINE]>,
 }
+
+/// Offers a bucket holds without a separate allocation.
+const INLINE: usize = 2;
 
 impl Bucket {
     /// The offers serving `category` from providers at `min_level` or above.
     pub fn serving(&self, category: Category, min_level: u8) -> impl Iterator<Item = &Entry> + '_ {
         let bit = kind_bit(category);
-        self.by_level[usize::from(min_level).min(LEVELS - 1)..]
+        let min_level = min_level.min(LEVELS as u8 - 1);
+        let from = self.entries.partition_point(|e| e.level < min_level);
+        self.entries[from..]
             .iter()
-            .flatten()
             .filter(move |e| e.kinds & bit != 0)
     }
 
     fn is_empty(&self) -> bool {
-        self.by_level.iter().all(Vec::is_empty)
+        self.entries.is_empty()
+    }
+
+    /// Where offer `slot` of `level` is, or would go.
+    fn position(&self, level: u8, slot: u32) -> Result<usize, usize> {
+        self.entries
+            .binary_search_by_key(&(level, slot), |e| (e.level, e.slot))
+    }
+
+    fn get(&self, level: u8, slot: u32) -> Option<&Entry> {
+        self.position(level, slot).ok().map(|i| &self.entries[i])
+    }
+
+    fn get_mut(&mut self, level: u8, slot: u32) -> Option<&mut Entry> {
+        let i = self.position(level, slot).ok()?;
+        Some(&mut self.entries[i])
+    }
+
+    fn put(&mut self, entry: Entry) {
+        // New offers take new slots: most land at the end.
+        if self
+            .entries
+            .last()
+            .is_none_or(|e| (e.level, e.slot) < (entry.level, entry.slot))
+        {
+            self.entries.push(entry);
+        } else if let Err(i) = self.position(entry.level, entry.slot) {
+            self.entries.insert(i, entry);
+        }
+    }
+
+    fn take(&mut self, level: u8, slot: u32) {
+        if let Ok(i) = self.position(level, slot) {
+            self.entries.remove(i);
+        }
     }
 }
 
@@ -151,10 +194,7 @@ impl SpatialIndex {
             return;
         };
         if let Some(bucket) = fines.get_mut(&placed.fine) {
-            let list = &mut bucket.by_level[usize::from(placed.level)];
-            if let Ok(i) = list.binary_search_by_key(&slot, |e| e.slot) {
-                list.remove(i);
-            }
+            bucket.take(placed.level, slot);
             if bucket.is_empty() {
                 fines.remove(&placed.fine);
             }
@@ -190,20 +230,14 @@ impl SpatialIndex {
             quals: placed.quals,
             tier: placed.tier,
             room: placed.room,
+            level: placed.level,
         };
-        let list = &mut self
-            .cells
+        self.cells
             .entry(coarse)
             .or_default()
             .entry(placed.fine)
             .or_default()
-            .by_level[usize::from(placed.level)];
-        // New offers take new slots: most land at the end.
-        if list.last().is_none_or(|e| e.slot < slot) {
-            list.push(entry);
-        } else if let Err(i) = list.binary_search_by_key(&slot, |e| e.slot) {
-            list.insert(i, entry);
-        }
+            .put(entry);
         let i = slot as usize;
         if self.placed.len() <= i {
             self.placed.resize(i + 1, None);
@@ -248,13 +282,10 @@ impl SpatialIndex {
             return None;
         }
         let placed = *placed;
-        let list = &mut self
-            .cells
+        self.cells
             .get_mut(&geo::coarse_of(placed.fine))?
             .get_mut(&placed.fine)?
-            .by_level[usize::from(placed.level)];
-        let i = list.binary_search_by_key(&slot, |e| e.slot).ok()?;
-        Some(&mut list[i])
+            .get_mut(placed.level, slot)
     }
 
     /// The room of offer `slot`'s entry, where searches read it (`None`: not indexed).
@@ -265,13 +296,10 @@ impl SpatialIndex {
     /// Offer `slot`'s entry (`None`: not indexed).
     fn entry(&self, slot: u32) -> Option<&Entry> {
         let placed = self.placed.get(slot as usize).copied().flatten()?;
-        let list = &self
-            .cells
+        self.cells
             .get(&geo::coarse_of(placed.fine))?
             .get(&placed.fine)?
-            .by_level[usize::from(placed.level)];
-        let i = list.binary_search_by_key(&slot, |e| e.slot).ok()?;
-        Some(&list[i])
+            .get(placed.level, slot)
     }
 
     /// The fairness tier of offer `slot`'s entry, where searches read it (`None`: not indexed).
