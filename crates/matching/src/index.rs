@@ -142,17 +142,12 @@ impl Bucket {
     }
 }
 
-/// Where one offer is indexed.
+/// Where one offer is indexed: its fine cell, and its level in the cell's bucket (what it is
+/// filed by is in its [`Entry`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Placed {
-    /// The categories it serves, one bit each (by [`Category::ALL`] position).
-    kinds: u8,
     fine: Cell,
-    at: GeoPoint,
     level: u8,
-    quals: u16,
-    tier: u8,
-    room: u16,
 }
 
 /// The fairness tier of a provider with `tasks` tasks.
@@ -207,33 +202,27 @@ impl SpatialIndex {
     /// Indexes offer `slot` as its provider's `class` says, with `room` for that many more.
     pub(crate) fn insert(&mut self, slot: u32, spec: &OfferSpecV1, class: Class, room: u32) {
         self.max_radius_m = self.max_radius_m.max(spec.travel_radius_m);
-        let placed = Placed {
-            kinds: kind_bits(&spec.kinds),
-            fine: geo::fine_cell(&spec.location),
+        let entry = Entry {
+            slot,
             at: spec.location,
-            level: class.level.min(LEVELS as u8 - 1),
+            kinds: kind_bits(&spec.kinds),
             quals: class.quals,
             tier: tier_of_tasks(class.tasks),
             room: room_of(room),
+            level: class.level.min(LEVELS as u8 - 1),
         };
-        if self.placed.get(slot as usize) == Some(&Some(placed)) {
+        if self.entry(slot) == Some(&entry) {
             // Already there (a provider's new verification or task that changes nothing the
             // index files by).
             return;
         }
         self.remove(slot);
-        let coarse = geo::coarse_of(placed.fine);
-        let entry = Entry {
-            slot,
-            at: placed.at,
-            kinds: placed.kinds,
-            quals: placed.quals,
-            tier: placed.tier,
-            room: placed.room,
-            level: placed.level,
+        let placed = Placed {
+            fine: geo::fine_cell(&spec.location),
+            level: entry.level,
         };
         self.cells
-            .entry(coarse)
+            .entry(geo::coarse_of(placed.fine))
             .or_default()
             .entry(placed.fine)
             .or_default()
@@ -248,40 +237,21 @@ impl SpatialIndex {
     /// Files offer `slot` under its provider's new count of `tasks`, as it is otherwise (its
     /// level and qualifications are filed by what their verifications were when they changed).
     pub(crate) fn set_tasks(&mut self, slot: u32, tasks: u32) {
-        let tier = tier_of_tasks(tasks);
-        if let Some(entry) = self.entry_mut(slot, |p| {
-            let changed = p.tier != tier;
-            p.tier = tier;
-            changed
-        }) {
-            entry.tier = tier;
+        if let Some(entry) = self.entry_mut(slot) {
+            entry.tier = tier_of_tasks(tasks);
         }
     }
 
     /// Files offer `slot` with `room` for that many more (its capacity not committed).
     pub(crate) fn set_room(&mut self, slot: u32, room: u32) {
-        let room = room_of(room);
-        if let Some(entry) = self.entry_mut(slot, |p| {
-            let changed = p.room != room;
-            p.room = room;
-            changed
-        }) {
-            entry.room = room;
+        if let Some(entry) = self.entry_mut(slot) {
+            entry.room = room_of(room);
         }
     }
 
-    /// Offer `slot`'s entry, after `update` changed where it is placed (`None`: not indexed,
-    /// or `update` says nothing changed).
-    fn entry_mut(
-        &mut self,
-        slot: u32,
-        update: impl FnOnce(&mut Placed) -> bool,
-    ) -> Option<&mut Entry> {
-        let placed = self.placed.get_mut(slot as usize)?.as_mut()?;
-        if !update(placed) {
-            return None;
-        }
-        let placed = *placed;
+    /// Offer `slot`'s entry (`None`: not indexed).
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        let placed = self.placed.get(slot as usize).copied().flatten()?;
         self.cells
             .get_mut(&geo::coarse_of(placed.fine))?
             .get_mut(&placed.fine)?

@@ -18,7 +18,7 @@ use crate::MatcherError;
 use crate::service::Shard;
 
 /// Bump when the engine's state changes shape: old snapshots are then rebuilt from the log.
-pub const SNAPSHOT_FORMAT: u32 = 9;
+pub const SNAPSHOT_FORMAT: u32 = 10;
 
 const META: &[u8] = b"matcher/meta";
 const INCIDENTS: &[u8] = b"matcher/incident/";
