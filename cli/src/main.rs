@@ -7,6 +7,7 @@
 //! - `muster projections`: the read models and the Query service alone (or a read-only snapshot).
 //! - `muster replay rebuild|as-of`: rebuild the read models, or build them as of a point.
 //! - `muster audit verify|export-round`: replay the log and check every recorded round.
+//! - `muster audit evaluate`: decide every recorded round again under another policy, compare.
 
 mod projections;
 mod telemetry;
@@ -88,6 +89,28 @@ enum AuditCommand {
         /// Where to write the JSON (default: standard output).
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Decide every recorded round again under another policy, on the situation that really
+    /// arose at its cut, and compare what the two proposed (by urgency, distance, how the load
+    /// spreads over volunteers).
+    Evaluate {
+        /// NATS server(s) to connect to, comma-separated.
+        #[arg(long, env = "MUSTER_NATS_URL")]
+        nats_url: String,
+        /// A JSON file holding the policy fields to change, e.g. {"weight_fairness": 60}:
+        /// weight_urgency, weight_waiting, weight_distance, weight_fairness, max_radius_m,
+        /// acceptance_timeout_s, max_concurrent_per_volunteer. The others stay as recorded, and
+        /// the rounds compared are the recorded ones.
+        #[arg(long)]
+        policy: std::path::PathBuf,
+        /// Only this incident (default: every incident on the log).
+        #[arg(long)]
+        incident: Option<String>,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         log: LogArgs,
     },
@@ -246,6 +269,97 @@ async fn export_round(
     Ok(())
 }
 
+async fn evaluate(
+    nats_url: &str,
+    policy: &std::path::Path,
+    incident: Option<&str>,
+    json: bool,
+    log: &LogArgs,
+) -> anyhow::Result<()> {
+    use muster_matcher::evaluate::{Evaluation, Outcome, PolicyChange};
+    let text = std::fs::read_to_string(policy)
+        .map_err(|e| anyhow::anyhow!("--policy {}: {e}", policy.display()))?;
+    let change = PolicyChange::from_json(&text)
+        .map_err(|e| anyhow::anyhow!("--policy {}: {e}", policy.display()))?;
+    let incident = incident
+        .map(|i| muster_schema::IncidentId::parse("--incident", i))
+        .transpose()
+        .map_err(|v| anyhow::anyhow!("{v}"))?;
+    let found =
+        muster_matcher::evaluate::evaluate(nats_url, &log.log_config(), incident.as_ref(), &change)
+            .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("no incident on the log");
+    }
+    let row = |name: &str, f: &dyn Fn(&Outcome) -> String, e: &Evaluation| {
+        println!(
+            "  {name:<36} {:>14} {:>14}",
+            f(&e.recorded),
+            f(&e.alternative)
+        );
+    };
+    for e in &found {
+        println!(
+            "\nincident {}: {} recorded rounds decided again ({} volunteers and organisations)",
+            e.incident, e.rounds, e.providers
+        );
+        let (before, after) = (
+            serde_json::to_value(&e.policy_recorded)?,
+            serde_json::to_value(&e.policy_alternative)?,
+        );
+        for (field, was) in before.as_object().into_iter().flatten() {
+            if let Some(now) = after.get(field).filter(|now| *now != was) {
+                println!("  policy: {field} {was} -> {now}");
+            }
+        }
+        println!("  {:<36} {:>14} {:>14}", "", "recorded", "alternative");
+        row("proposals", &|o| o.proposals.to_string(), e);
+        for u in (1..=5).rev() {
+            row(
+                &format!("  for needs of urgency {u}"),
+                &|o| o.by_urgency[u - 1].to_string(),
+                e,
+            );
+        }
+        println!("  {:<36} {:>29}", "same need to the same provider", e.same);
+        row(
+            "expired / cancelled",
+            &|o| format!("{} / {}", o.expired, o.cancelled),
+            e,
+        );
+        row(
+            "distance mean (m)",
+            &|o| format!("{:.0}", o.distance_mean_m),
+            e,
+        );
+        row(
+            "distance p50 / p90 (m)",
+            &|o| format!("{} / {}", o.distance_p50_m, o.distance_p90_m),
+            e,
+        );
+        row(
+            "to providers never asked before",
+            &|o| o.to_first_timers.to_string(),
+            e,
+        );
+        row(
+            "to providers busy at the time",
+            &|o| o.to_busy.to_string(),
+            e,
+        );
+        row(
+            "tasks the chosen had before (mean)",
+            &|o| format!("{:.2}", o.prior_tasks_mean),
+            e,
+        );
+    }
+    Ok(())
+}
+
 /// mimalloc instead of glibc's malloc: a profile of `muster up` in a surge spent a quarter of the
 /// process's CPU in glibc's malloc and free (consolidating and unlinking chunks freed by other
 /// threads); see BENCHMARKS.md for what the change measured.
@@ -292,6 +406,19 @@ fn main() -> anyhow::Result<()> {
             }) => {
                 interruptible(
                     export_round(&nats_url, &incident, seq, out.as_deref(), &log),
+                    shutdown,
+                )
+                .await
+            }
+            Command::Audit(AuditCommand::Evaluate {
+                nats_url,
+                policy,
+                incident,
+                json,
+                log,
+            }) => {
+                interruptible(
+                    evaluate(&nats_url, &policy, incident.as_deref(), json, &log),
                     shutdown,
                 )
                 .await

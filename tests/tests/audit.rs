@@ -293,9 +293,6 @@ async fn a_round_recorded_before_rounds_had_parts_is_reproduced() {
 /// append: an incident declared, then `n` offers and `n` needs, appended as agencies would.
 /// Returns the matcher's state over them.
 async fn large_round_inputs(nats: &Nats, n: usize) -> muster_matching::State {
-    let (client, _) = nats.log().await;
-    let (appender, _) = Appender::start(client, Default::default());
-    let window = TimeWindow::new(T0, T0 + 3_600_000_000).expect("valid");
     // On a grid about a kilometre apart, each need at a volunteer's door: a few volunteers
     // within reach of each, as in a town.
     let at = |i: usize| {
@@ -305,6 +302,22 @@ async fn large_round_inputs(nats: &Nats, n: usize) -> muster_matching::State {
         )
         .expect("valid")
     };
+    let places: Vec<GeoPoint> = (0..n).map(at).collect();
+    inputs_at(nats, &places, 2_500, &places).await
+}
+
+/// An incident declared with the default policy, a volunteer's offer at each of `offers`
+/// (reaching `radius_m`), then a need at each of `needs` (urgencies 1 to 5 in turn), appended
+/// as agencies would. Returns the matcher's state over them.
+async fn inputs_at(
+    nats: &Nats,
+    offers: &[GeoPoint],
+    radius_m: u32,
+    needs: &[GeoPoint],
+) -> muster_matching::State {
+    let (client, _) = nats.log().await;
+    let (appender, _) = Appender::start(client, Default::default());
+    let window = TimeWindow::new(T0, T0 + 3_600_000_000).expect("valid");
     let id = |kind: &str, i: usize| EntityId::hash(&[kind.as_bytes(), &i.to_le_bytes()]);
     let mut inputs = vec![env(
         1,
@@ -317,7 +330,7 @@ async fn large_round_inputs(nats: &Nats, n: usize) -> muster_matching::State {
             policy: PolicyV1::default(),
         }),
     )];
-    for i in 0..n {
+    for (i, &at) in offers.iter().enumerate() {
         inputs.push(env(
             10 + i as u64,
             "A1",
@@ -331,15 +344,15 @@ async fn large_round_inputs(nats: &Nats, n: usize) -> muster_matching::State {
                     kinds: vec![Category::Food],
                     skills: vec![],
                     capacity: 1,
-                    location: at(i),
-                    travel_radius_m: 2_500,
+                    location: at,
+                    travel_radius_m: radius_m,
                     availability: vec![window],
                 },
                 personal: Personal::None,
             }),
         ));
     }
-    for i in 0..n {
+    for (i, &at) in needs.iter().enumerate() {
         inputs.push(env(
             10_000_000 + i as u64,
             "A1",
@@ -351,7 +364,7 @@ async fn large_round_inputs(nats: &Nats, n: usize) -> muster_matching::State {
                     urgency: Urgency::new("u", 1 + (i % 5) as u32).expect("valid"),
                     party_size: 1,
                     window,
-                    location: at(i),
+                    location: at,
                     required_skills: vec![],
                     required_verifications: vec![],
                     vulnerable: false,
@@ -525,4 +538,79 @@ async fn a_round_cut_short_between_parts_is_decided_again_by_the_next_matcher_an
         ),
         (1, 1, 1_202)
     );
+}
+
+fn proposed(log: &[(u64, String, Envelope)]) -> u64 {
+    log.iter()
+        .filter(|(_, _, e)| matches!(e.event, Event::AssignmentProposedV1(_)))
+        .count() as u64
+}
+
+async fn evaluate(nats: &Nats, change: &str) -> muster_matcher::evaluate::Evaluation {
+    let change = muster_matcher::evaluate::PolicyChange::from_json(change).expect("a change");
+    let mut found =
+        muster_matcher::evaluate::evaluate(&nats.url(), &Default::default(), None, &change)
+            .await
+            .expect("evaluate");
+    assert_eq!(found.len(), 1, "one incident on the log");
+    found.remove(0)
+}
+
+#[tokio::test]
+async fn evaluating_the_recorded_policy_finds_the_recorded_proposals_on_both_sides() {
+    let nats = Nats::start().await;
+    large_round_inputs(&nats, 60).await;
+    let log = match_until_proposed(&nats, 60).await;
+    let e = evaluate(&nats, "{}").await;
+    assert!(e.rounds >= 1);
+    assert_eq!(e.recorded.proposals, proposed(&log));
+    assert_eq!(e.recorded.by_urgency.iter().sum::<u64>(), 60);
+    assert_eq!(e.alternative, e.recorded);
+    assert_eq!(e.same, e.recorded.proposals);
+    assert_eq!(e.policy_alternative, e.policy_recorded);
+    assert_eq!(e.providers, 60);
+}
+
+#[tokio::test]
+async fn a_shorter_radius_proposes_only_the_volunteers_within_it() {
+    let nats = Nats::start().await;
+    let centre = (53.9, -1.1);
+    let at = |dlat: f64| GeoPoint::from_degrees(centre.0 + dlat, centre.1).expect("valid");
+    // Two volunteers about 500 m from four needs at one place, two about 8 km away; all reach
+    // 10 km.
+    let offers = [at(0.0045), at(-0.0045), at(0.072), at(-0.072)];
+    inputs_at(&nats, &offers, 10_000, &[at(0.0); 4]).await;
+    let log = match_until_proposed(&nats, 4).await;
+    assert_eq!(proposed(&log), 4);
+
+    let e = evaluate(&nats, r#"{"max_radius_m": 2000}"#).await;
+    assert_eq!(
+        (
+            e.policy_recorded.max_radius_m,
+            e.policy_alternative.max_radius_m
+        ),
+        (25_000, 2_000)
+    );
+    assert_eq!(e.recorded.proposals, 4);
+    assert!(e.recorded.distance_p90_m > 7_000, "{:?}", e.recorded);
+    assert_eq!(e.alternative.proposals, 2);
+    assert!(e.alternative.distance_p90_m <= 2_000, "{:?}", e.alternative);
+    assert!(e.same <= 2);
+    assert_eq!(
+        (e.recorded.to_first_timers, e.alternative.to_first_timers),
+        (4, 2)
+    );
+}
+
+#[tokio::test]
+async fn an_alternative_that_breaks_a_rule_of_the_policy_is_refused_naming_the_field() {
+    let nats = Nats::start().await;
+    log_with_round(&nats, |_| {}).await;
+    let change =
+        muster_matcher::evaluate::PolicyChange::from_json(r#"{"acceptance_timeout_s": 1}"#)
+            .expect("parses");
+    let e = muster_matcher::evaluate::evaluate(&nats.url(), &Default::default(), None, &change)
+        .await
+        .expect_err("a timeout under a minute");
+    assert!(e.to_string().contains("policy.acceptance_timeout_s"), "{e}");
 }

@@ -55,7 +55,7 @@ fn round_of(event: &Event) -> Option<u64> {
 }
 
 /// Reads the log up to its current end, calling `visit` for each decodable event.
-async fn scan(
+pub(crate) async fn scan(
     stream: &async_nats::jetstream::stream::Stream,
     end: u64,
     set_aside: &mut u64,
@@ -84,6 +84,24 @@ async fn scan(
     Ok(events)
 }
 
+/// Every round recorded in the log up to `end`, by incident and sequence S, each with the
+/// engine that decided it and the number of parts it was appended in.
+pub(crate) async fn recorded_rounds(
+    stream: &async_nats::jetstream::stream::Stream,
+    end: u64,
+) -> Result<BTreeMap<(IncidentId, u64), (u16, u32)>, MatcherError> {
+    let mut recorded = BTreeMap::new();
+    let mut ignored = 0;
+    scan(stream, end, &mut ignored, |_, env| {
+        if let Some(r) = env.event.round_record() {
+            recorded.insert((env.incident.clone(), r.through_seq), (r.engine, r.parts));
+        }
+        true
+    })
+    .await?;
+    Ok(recorded)
+}
+
 /// Verifies every round recorded in the log.
 pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, MatcherError> {
     let (_client, mut stream) = crate::open_log(nats_url, "muster-audit", log).await?;
@@ -93,17 +111,8 @@ pub async fn verify(nats_url: &str, log: &LogConfig) -> Result<AuditReport, Matc
         return Ok(report);
     }
 
-    // Pass 1: which rounds were recorded, each with the engine that decided it and the number
-    // of parts it was appended in.
-    let mut recorded: BTreeMap<(IncidentId, u64), (u16, u32)> = BTreeMap::new();
-    let mut ignored = 0;
-    scan(&stream, end, &mut ignored, |_, env| {
-        if let Some(r) = env.event.round_record() {
-            recorded.insert((env.incident.clone(), r.through_seq), (r.engine, r.parts));
-        }
-        true
-    })
-    .await?;
+    // Pass 1: which rounds were recorded.
+    let recorded = recorded_rounds(&stream, end).await?;
 
     // Pass 2: fold, predict each recorded round right after its S, compare.
     let mut states: BTreeMap<IncidentId, State> = BTreeMap::new();

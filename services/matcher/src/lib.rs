@@ -4,6 +4,7 @@
 //! - [`service`]: folds the log per incident with the pure engine (`muster-matching`), catches up
 //!   on history without inventing rounds for the past, then cuts live rounds and appends them.
 //! - [`audit`]: replays the log through the engine and checks every recorded round.
+//! - [`evaluate`]: decides every recorded round again under another policy and compares.
 //! - [`snapshot`]: the state in RocksDB with the position it reflects, so a restart resumes
 //!   rather than refolding the log from the start.
 //!
@@ -15,6 +16,7 @@
 //! its S — which is what the audit recomputes.
 
 pub mod audit;
+pub mod evaluate;
 pub mod service;
 pub mod snapshot;
 
