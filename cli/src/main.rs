@@ -108,6 +108,11 @@ enum AuditCommand {
         /// Only this incident (default: every incident on the log).
         #[arg(long)]
         incident: Option<String>,
+        /// Re-run the whole log instead: the alternative's rounds hold its own decisions, and
+        /// each answer or completion on the log goes to the alternative's assignment of the
+        /// same need (a model: volunteers asked instead might have answered otherwise).
+        #[arg(long)]
+        rerun: bool,
         /// Print the comparison as JSON.
         #[arg(long)]
         json: bool,
@@ -273,6 +278,7 @@ async fn evaluate(
     nats_url: &str,
     policy: &std::path::Path,
     incident: Option<&str>,
+    rerun: bool,
     json: bool,
     log: &LogArgs,
 ) -> anyhow::Result<()> {
@@ -285,6 +291,16 @@ async fn evaluate(
         .map(|i| muster_schema::IncidentId::parse("--incident", i))
         .transpose()
         .map_err(|v| anyhow::anyhow!("{v}"))?;
+    if rerun {
+        let found = muster_matcher::evaluate::rerun(
+            nats_url,
+            &log.log_config(),
+            incident.as_ref(),
+            &change,
+        )
+        .await?;
+        return print_rerun(&found, json);
+    }
     let found =
         muster_matcher::evaluate::evaluate(nats_url, &log.log_config(), incident.as_ref(), &change)
             .await?;
@@ -360,6 +376,67 @@ async fn evaluate(
     Ok(())
 }
 
+fn print_rerun(found: &[muster_matcher::evaluate::Rerun], json: bool) -> anyhow::Result<()> {
+    use muster_matcher::evaluate::Course;
+    if json {
+        println!("{}", serde_json::to_string_pretty(found)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("no incident on the log");
+    }
+    for r in found {
+        let row = |name: &str, f: &dyn Fn(&Course) -> String| {
+            println!(
+                "  {name:<40} {:>22} {:>22}",
+                f(&r.recorded),
+                f(&r.alternative)
+            );
+        };
+        println!(
+            "\nincident {}: the log re-run under the alternative ({} rounds at the recorded cuts; \
+             answers follow the need)",
+            r.incident, r.rounds
+        );
+        println!("  {:<40} {:>22} {:>22}", "", "recorded", "alternative");
+        row("needs", &|c| c.needs.to_string());
+        row("proposed / accepted / completed", &|c| {
+            format!("{} / {} / {}", c.proposed, c.accepted, c.completed)
+        });
+        row("proposals", &|c| c.proposals.to_string());
+        for u in (1..=5).rev() {
+            row(
+                &format!("urgency {u}: proposed, first p50 / p90 (s)"),
+                &|c| match c.proposed_by_urgency[u - 1] {
+                    0 => "-".to_string(),
+                    n => format!(
+                        "{n}, {:.2} / {:.2}",
+                        c.first_proposal_p50_s[u - 1],
+                        c.first_proposal_p90_s[u - 1]
+                    ),
+                },
+            );
+        }
+        row("distance mean (m)", &|c| {
+            format!("{:.0}", c.distance_mean_m)
+        });
+        row("providers proposed a task", &|c| {
+            format!("{} of {}", c.providers_proposed, r.providers)
+        });
+        row("most proposals to one provider", &|c| {
+            c.most_to_one.to_string()
+        });
+        row("Gini of proposals over providers", &|c| {
+            format!("{:.3}", c.gini)
+        });
+        println!(
+            "  {:<40} {:>45}",
+            "answers with no assignment to go to", r.answers_dropped
+        );
+    }
+    Ok(())
+}
+
 /// mimalloc instead of glibc's malloc: a profile of `muster up` in a surge spent a quarter of the
 /// process's CPU in glibc's malloc and free (consolidating and unlinking chunks freed by other
 /// threads); see BENCHMARKS.md for what the change measured.
@@ -414,11 +491,12 @@ fn main() -> anyhow::Result<()> {
                 nats_url,
                 policy,
                 incident,
+                rerun,
                 json,
                 log,
             }) => {
                 interruptible(
-                    evaluate(&nats_url, &policy, incident.as_deref(), json, &log),
+                    evaluate(&nats_url, &policy, incident.as_deref(), rerun, json, &log),
                     shutdown,
                 )
                 .await

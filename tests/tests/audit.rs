@@ -614,3 +614,117 @@ async fn an_alternative_that_breaks_a_rule_of_the_policy_is_refused_naming_the_f
         .expect_err("a timeout under a minute");
     assert!(e.to_string().contains("policy.acceptance_timeout_s"), "{e}");
 }
+
+async fn rerun(nats: &Nats, change: &str) -> muster_matcher::evaluate::Rerun {
+    let change = muster_matcher::evaluate::PolicyChange::from_json(change).expect("a change");
+    let mut found =
+        muster_matcher::evaluate::rerun(&nats.url(), &Default::default(), None, &change)
+            .await
+            .expect("re-run");
+    assert_eq!(found.len(), 1, "one incident on the log");
+    found.remove(0)
+}
+
+/// Twenty needs proposed, then answered as volunteers would (a third declined, a third
+/// accepted and done, a third accepted), then the declined ones proposed again. Returns the
+/// log.
+async fn answered_log(nats: &Nats) -> Vec<(u64, String, Envelope)> {
+    large_round_inputs(nats, 20).await;
+    let log = match_until_proposed(nats, 20).await;
+    let (client, stream) = nats.log().await;
+    let (appender, _) = Appender::start(client, Default::default());
+    let mut answers = Vec::new();
+    let mut declined = 0;
+    for (i, (_, _, e)) in log.iter().enumerate() {
+        let Event::AssignmentProposedV1(p) = &e.event else {
+            continue;
+        };
+        let answer = |response| {
+            Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+                assignment: p.assignment,
+                response,
+                reason: String::new(),
+            })
+        };
+        match i % 3 {
+            0 => {
+                declined += 1;
+                answers.push(answer(Response::Decline));
+            }
+            1 => {
+                answers.push(answer(Response::Accept));
+                answers.push(Event::AssignmentCompletedV1(AssignmentCompletedV1 {
+                    assignment: p.assignment,
+                    personal: Personal::None,
+                }));
+            }
+            _ => answers.push(answer(Response::Accept)),
+        }
+    }
+    for (i, a) in answers.into_iter().enumerate() {
+        appender
+            .append(vec![out(&env(50_000_000 + i as u64, "A1", a))])
+            .await
+            .expect("append an answer");
+    }
+    let mut config = muster_matcher::Config::new(nats.url());
+    config.tick_every = std::time::Duration::from_secs(3_600);
+    let matcher = muster_tests::Matcher::start(config);
+    let log = muster_tests::log_until(
+        &stream,
+        std::time::Duration::from_secs(120),
+        "the declined needs proposed again",
+        |log| {
+            muster_tests::proposals_per_need(log)
+                .values()
+                .filter(|&&n| n == 2)
+                .count()
+                == declined
+        },
+    )
+    .await;
+    matcher.stop().await;
+    log
+}
+
+#[tokio::test]
+async fn re_running_the_log_under_its_own_policy_goes_as_the_log_went() {
+    let nats = Nats::start().await;
+    let log = answered_log(&nats).await;
+    let r = rerun(&nats, "{}").await;
+    assert!(r.rounds >= 2, "{r:?}");
+    assert_eq!(r.recorded.proposals, proposed(&log));
+    assert!(r.recorded.proposals > 20, "declined needs proposed again");
+    assert!(r.recorded.accepted > 0 && r.recorded.completed > 0, "{r:?}");
+    assert_eq!(r.answers_dropped, 0);
+    assert_eq!(
+        r.recorded.proposed_by_urgency.iter().sum::<u64>(),
+        r.recorded.proposed
+    );
+    assert_eq!(r.recorded.proposed, 20);
+    assert_eq!(r.alternative, r.recorded);
+}
+
+#[tokio::test]
+async fn re_running_with_a_shorter_radius_leaves_the_needs_beyond_it_unproposed() {
+    let nats = Nats::start().await;
+    let centre = (53.9, -1.1);
+    let at = |dlat: f64| GeoPoint::from_degrees(centre.0 + dlat, centre.1).expect("valid");
+    let offers = [at(0.0045), at(-0.0045), at(0.072), at(-0.072)];
+    inputs_at(&nats, &offers, 10_000, &[at(0.0); 4]).await;
+    match_until_proposed(&nats, 4).await;
+
+    let r = rerun(&nats, r#"{"max_radius_m": 2000}"#).await;
+    assert_eq!((r.recorded.needs, r.alternative.needs), (4, 4));
+    assert_eq!((r.recorded.proposed, r.alternative.proposed), (4, 2));
+    assert_eq!(
+        (
+            r.recorded.providers_proposed,
+            r.alternative.providers_proposed
+        ),
+        (4, 2)
+    );
+    assert!(r.alternative.distance_mean_m < 1_000.0, "{r:?}");
+    assert!(r.recorded.distance_mean_m > 4_000.0, "{r:?}");
+    assert!(r.alternative.gini > r.recorded.gini, "{r:?}");
+}

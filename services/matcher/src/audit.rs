@@ -42,7 +42,7 @@ pub struct AuditReport {
     pub divergence: Option<Divergence>,
 }
 
-fn round_of(event: &Event) -> Option<u64> {
+pub(crate) fn round_of(event: &Event) -> Option<u64> {
     match event {
         Event::AssignmentProposedV1(e) => Some(e.round_through_seq),
         Event::AssignmentExpiredV1(e) => Some(e.round_through_seq),

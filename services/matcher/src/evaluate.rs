@@ -14,12 +14,13 @@
 //! asked?) and not as a spread over the whole log: the alternative's proposals never loaded
 //! anyone, so a volunteer it prefers would be counted again in every round.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use muster_log::LogConfig;
 use muster_matching::State;
 use muster_matching::round::{Round, round_with};
-use muster_schema::{Envelope, Event, IncidentId, PolicyV1, Violations};
+use muster_schema::{EntityId, Envelope, Event, IncidentId, PolicyV1, Violations};
 use serde::{Deserialize, Serialize};
 
 use crate::MatcherError;
@@ -198,6 +199,71 @@ struct Sides {
     alternative_tally: Tally,
 }
 
+/// Reads the log once (of `only` that incident, if given) and hands each event to `step` with
+/// its incident's `S` (created with `Default`) and, if a round was recorded at this sequence,
+/// the engine that decided it. `step` stops the reading by returning why.
+async fn each_incident<S: Default>(
+    nats_url: &str,
+    log: &LogConfig,
+    only: Option<&IncidentId>,
+    mut step: impl FnMut(u64, &Envelope, &mut S, Option<u16>) -> Result<(), String>,
+) -> Result<BTreeMap<IncidentId, S>, MatcherError> {
+    let (_client, mut stream) = crate::open_log(nats_url, "muster-audit", log).await?;
+    let end = crate::last_sequence(&mut stream).await?;
+    let mut incidents: BTreeMap<IncidentId, S> = BTreeMap::new();
+    if end == 0 {
+        return Ok(incidents);
+    }
+    let recorded = recorded_rounds(&stream, end).await?;
+    let mut failed = None;
+    let mut set_aside = 0;
+    scan(&stream, end, &mut set_aside, |seq, env| {
+        if only.is_some_and(|i| *i != env.incident) {
+            return true;
+        }
+        let engine = recorded
+            .get(&(env.incident.clone(), seq))
+            .map(|&(engine, _)| engine);
+        let state = incidents.entry(env.incident.clone()).or_default();
+        match step(seq, &env, state, engine) {
+            Ok(()) => true,
+            Err(reason) => {
+                failed = Some(reason);
+                false
+            }
+        }
+    })
+    .await?;
+    match failed {
+        Some(reason) => Err(MatcherError::Info(reason)),
+        None => Ok(incidents),
+    }
+}
+
+/// `env` as the alternative sees it: with the policy it declares changed (see
+/// [`PolicyChange::applied_to`]); the error says why the change does not fit.
+fn for_alternative<'a>(
+    change: &PolicyChange,
+    seq: u64,
+    env: &'a Envelope,
+) -> Result<Cow<'a, Envelope>, String> {
+    match change.applied_to(env) {
+        Ok(Some(changed)) => Ok(Cow::Owned(changed)),
+        Ok(None) => Ok(Cow::Borrowed(env)),
+        Err(v) => Err(format!(
+            "the alternative policy is not valid for the one {} declares at sequence {seq}: {v}",
+            env.incident
+        )),
+    }
+}
+
+/// The round `engine` decides for `state`, or why there is none.
+fn decided(state: &State, engine: u16, seq: u64, incident: &IncidentId) -> Result<Round, String> {
+    round_with(state, engine).ok_or_else(|| {
+        format!("round {seq} of {incident} was decided by engine {engine}, which this build does not know")
+    })
+}
+
 /// Decides every recorded round of the log (of `only` that incident, if given) again under
 /// the policy `change` makes of the recorded one, and compares, incident by incident.
 pub async fn evaluate(
@@ -206,63 +272,36 @@ pub async fn evaluate(
     only: Option<&IncidentId>,
     change: &PolicyChange,
 ) -> Result<Vec<Evaluation>, MatcherError> {
-    let (_client, mut stream) = crate::open_log(nats_url, "muster-audit", log).await?;
-    let end = crate::last_sequence(&mut stream).await?;
-    if end == 0 {
-        return Ok(Vec::new());
-    }
-    let recorded = recorded_rounds(&stream, end).await?;
-    let mut incidents: BTreeMap<IncidentId, Sides> = BTreeMap::new();
-    let mut failed = None;
-    let mut set_aside = 0;
-    scan(&stream, end, &mut set_aside, |seq, env| {
-        if only.is_some_and(|i| *i != env.incident) {
-            return true;
-        }
-        let sides = incidents.entry(env.incident.clone()).or_default();
-        sides.recorded.apply(seq, &env);
-        match change.applied_to(&env) {
-            Ok(Some(changed)) => sides.alternative.apply(seq, &changed),
-            Ok(None) => sides.alternative.apply(seq, &env),
-            Err(v) => {
-                failed = Some(format!(
-                    "the alternative policy is not valid for the one {} declares at sequence {seq}: {v}",
-                    env.incident
-                ));
-                return false;
-            }
-        }
-        let Some(&(engine, _)) = recorded.get(&(env.incident.clone(), seq)) else {
-            return true;
-        };
-        let (Some(a), Some(b)) = (
-            round_with(&sides.recorded, engine),
-            round_with(&sides.alternative, engine),
-        ) else {
-            failed = Some(format!(
-                "round {seq} of {} was decided by engine {engine}, which this build does not know",
-                env.incident
-            ));
-            return false;
-        };
-        sides.rounds += 1;
-        sides.same += a
-            .proposals
-            .iter()
-            .filter(|p| {
-                b.proposals
-                    .iter()
-                    .any(|q| q.need == p.need && q.provider == p.provider)
-            })
-            .count() as u64;
-        sides.recorded_tally.add(&sides.recorded, &a);
-        sides.alternative_tally.add(&sides.alternative, &b);
-        true
-    })
+    let incidents = each_incident(
+        nats_url,
+        log,
+        only,
+        |seq, env, sides: &mut Sides, engine| {
+            sides.recorded.apply(seq, env);
+            sides
+                .alternative
+                .apply(seq, &*for_alternative(change, seq, env)?);
+            let Some(engine) = engine else {
+                return Ok(());
+            };
+            let a = decided(&sides.recorded, engine, seq, &env.incident)?;
+            let b = decided(&sides.alternative, engine, seq, &env.incident)?;
+            sides.rounds += 1;
+            sides.same += a
+                .proposals
+                .iter()
+                .filter(|p| {
+                    b.proposals
+                        .iter()
+                        .any(|q| q.need == p.need && q.provider == p.provider)
+                })
+                .count() as u64;
+            sides.recorded_tally.add(&sides.recorded, &a);
+            sides.alternative_tally.add(&sides.alternative, &b);
+            Ok(())
+        },
+    )
     .await?;
-    if let Some(reason) = failed {
-        return Err(MatcherError::Info(reason));
-    }
     Ok(incidents
         .into_iter()
         .map(|(incident, s)| {
@@ -276,6 +315,304 @@ pub async fn evaluate(
                 recorded: s.recorded_tally.outcome(),
                 alternative: s.alternative_tally.outcome(),
                 same: s.same,
+            }
+        })
+        .collect())
+}
+
+/// What became of an incident's needs over the whole log, on one side.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Course {
+    pub needs: u64,
+    /// Needs proposed to someone at least once.
+    pub proposed: u64,
+    /// Needs someone accepted.
+    pub accepted: u64,
+    pub completed: u64,
+    pub proposals: u64,
+    /// Needs proposed, by urgency 1 to 5.
+    pub proposed_by_urgency: [u64; 5],
+    /// Log time from a need's report to its first proposal, by urgency 1 to 5 (seconds; needs
+    /// never proposed not counted).
+    pub first_proposal_p50_s: [f64; 5],
+    pub first_proposal_p90_s: [f64; 5],
+    pub distance_mean_m: f64,
+    /// Volunteers and organisations proposed at least one task.
+    pub providers_proposed: u64,
+    /// The most tasks proposed to one of them.
+    pub most_to_one: u64,
+    /// How unevenly tasks spread over every provider the incident knows (0: evenly, towards 1:
+    /// all to one).
+    pub gini: f64,
+}
+
+/// A side's course, as its events are applied.
+#[derive(Debug, Default)]
+struct Watch {
+    reported: BTreeMap<EntityId, (i64, u8)>,
+    first_proposal: BTreeMap<EntityId, i64>,
+    need_of: BTreeMap<EntityId, EntityId>,
+    accepted: std::collections::BTreeSet<EntityId>,
+    completed: std::collections::BTreeSet<EntityId>,
+    proposals: u64,
+    distance: u64,
+    per_provider: BTreeMap<muster_schema::PersonId, u64>,
+}
+
+impl Watch {
+    fn observe(&mut self, env: &Envelope) {
+        let t = env.recorded_at.micros();
+        match &env.event {
+            Event::NeedReportedV1(e) => {
+                self.reported
+                    .entry(e.need)
+                    .or_insert((t, e.spec.urgency.get()));
+            }
+            Event::AssignmentProposedV1(e) => {
+                self.proposals += 1;
+                self.distance += u64::from(e.distance_m);
+                self.first_proposal.entry(e.need).or_insert(t);
+                self.need_of.insert(e.assignment, e.need);
+                *self.per_provider.entry(e.volunteer.clone()).or_default() += 1;
+            }
+            Event::VolunteerRespondedV1(e) if e.response == muster_schema::Response::Accept => {
+                if let Some(need) = self.need_of.get(&e.assignment) {
+                    self.accepted.insert(*need);
+                }
+            }
+            Event::AssignmentCompletedV1(e) => {
+                if let Some(need) = self.need_of.get(&e.assignment) {
+                    self.completed.insert(*need);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn course(&self, providers: usize) -> Course {
+        let mut waits: [Vec<i64>; 5] = Default::default();
+        for (need, first) in &self.first_proposal {
+            if let Some(&(reported, urgency)) = self.reported.get(need) {
+                let u = usize::from(urgency).clamp(1, 5);
+                waits[u - 1].push(first - reported);
+            }
+        }
+        let quantile = |w: &mut Vec<i64>, q: f64| -> f64 {
+            w.sort_unstable();
+            match w.len() {
+                0 => 0.0,
+                n => w[((n - 1) as f64 * q).round() as usize] as f64 / 1e6,
+            }
+        };
+        let (mut p50, mut p90) = ([0.0; 5], [0.0; 5]);
+        for (u, w) in waits.iter_mut().enumerate() {
+            p50[u] = quantile(w, 0.5);
+            p90[u] = quantile(w, 0.9);
+        }
+        let mut loads: Vec<u64> = self.per_provider.values().copied().collect();
+        loads.resize(providers.max(loads.len()), 0);
+        Course {
+            needs: self.reported.len() as u64,
+            proposed: self.first_proposal.len() as u64,
+            accepted: self.accepted.len() as u64,
+            completed: self.completed.len() as u64,
+            proposals: self.proposals,
+            proposed_by_urgency: waits.each_ref().map(|w| w.len() as u64),
+            first_proposal_p50_s: p50,
+            first_proposal_p90_s: p90,
+            distance_mean_m: if self.proposals == 0 {
+                0.0
+            } else {
+                self.distance as f64 / self.proposals as f64
+            },
+            providers_proposed: self.per_provider.len() as u64,
+            most_to_one: self.per_provider.values().copied().max().unwrap_or(0),
+            gini: gini(loads),
+        }
+    }
+}
+
+/// The Gini coefficient of `loads`: 0 when all are equal, (n - 1) / n when one holds everything.
+fn gini(mut loads: Vec<u64>) -> f64 {
+    let total: u64 = loads.iter().sum();
+    let n = loads.len();
+    if total == 0 || n == 0 {
+        return 0.0;
+    }
+    loads.sort_unstable();
+    let weighted: f64 = loads
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i as f64 + 1.0) * x as f64)
+        .sum();
+    2.0 * weighted / (n as f64 * total as f64) - (n as f64 + 1.0) / n as f64
+}
+
+/// One incident's log as it went, against the same log re-run under the alternative.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rerun {
+    pub incident: String,
+    pub rounds: u64,
+    /// Volunteers and organisations the incident knows at the end of the log.
+    pub providers: u64,
+    pub recorded: Course,
+    pub alternative: Course,
+    /// Answers and completions of the log that found no assignment of the alternative's for
+    /// their need at the time (it had not proposed the need, or its proposal had ended).
+    pub answers_dropped: u64,
+}
+
+/// One incident while the log is re-run.
+#[derive(Default)]
+struct Rerunning {
+    recorded: State,
+    recorded_watch: Watch,
+    alternative: State,
+    alternative_watch: Watch,
+    /// The alternative's live assignment of each need.
+    live: BTreeMap<EntityId, EntityId>,
+    /// The alternative's round decided at S, held until the log shows the recorded round's
+    /// first decision (so its decisions come after the same inputs, at the same time).
+    held: Option<(u64, Round)>,
+    rounds: u64,
+    answers_dropped: u64,
+}
+
+impl Rerunning {
+    /// Applies an event of the alternative's (its own decision, an input, or an answer moved
+    /// to its assignment) and keeps track of its live assignments.
+    fn apply_alternative(&mut self, seq: u64, env: &Envelope) {
+        match &env.event {
+            Event::AssignmentProposedV1(e) => {
+                self.live.insert(e.need, e.assignment);
+            }
+            Event::AssignmentExpiredV1(muster_schema::events::AssignmentExpiredV1 {
+                assignment,
+                ..
+            })
+            | Event::AssignmentCancelledV1(muster_schema::events::AssignmentCancelledV1 {
+                assignment,
+                ..
+            }) => self.end(assignment),
+            _ => {}
+        }
+        self.alternative.apply(seq, env);
+        self.alternative_watch.observe(env);
+    }
+
+    fn end(&mut self, assignment: &EntityId) {
+        if let Some(need) = self.alternative.assignments.get(assignment).map(|a| a.need)
+            && self.live.get(&need) == Some(assignment)
+        {
+            self.live.remove(&need);
+        }
+    }
+
+    /// Applies the held round's decisions as of `env` (the recorded round's first decision).
+    fn decide_held(&mut self, seq: u64, env: &Envelope) {
+        let Some((_, round)) = self.held.take() else {
+            return;
+        };
+        let events =
+            muster_matching::round::round_events_in(&self.alternative, &env.incident, &round, 1);
+        for (i, (partition, event)) in events.into_iter().enumerate() {
+            let decision = Envelope::generated(
+                seq.wrapping_mul(1_000_003).wrapping_add(i as u64),
+                env.incident.clone(),
+                partition,
+                env.recorded_at,
+                env.actor.clone(),
+                event,
+            );
+            self.apply_alternative(seq, &decision);
+        }
+    }
+
+    /// The log's answer or completion `env`, moved to the alternative's live assignment of the
+    /// same need; `None` if it has none.
+    fn moved(&mut self, env: &Envelope) -> Option<Envelope> {
+        let real = match &env.event {
+            Event::VolunteerRespondedV1(e) => e.assignment,
+            Event::AssignmentCompletedV1(e) => e.assignment,
+            _ => return None,
+        };
+        let need = *self.recorded_watch.need_of.get(&real)?;
+        let alt = *self.live.get(&need)?;
+        let mut moved = env.clone();
+        match &mut moved.event {
+            Event::VolunteerRespondedV1(e) => {
+                e.assignment = alt;
+                if e.response != muster_schema::Response::Accept {
+                    self.live.remove(&need);
+                }
+            }
+            Event::AssignmentCompletedV1(e) => {
+                e.assignment = alt;
+                self.live.remove(&need);
+            }
+            _ => return None,
+        }
+        Some(moved)
+    }
+}
+
+/// Re-runs the log (of `only` that incident, if given) with the policy `change` makes of the
+/// recorded one: the alternative decides every recorded round (at the same cuts, with the
+/// same engine) on its own state, which holds its own decisions, not the recorded ones.
+/// Volunteers' answers follow the need: an answer or completion the log holds for a need goes
+/// to whatever assignment the alternative holds for that need at the time (whoever it was
+/// proposed to), and is dropped if it holds none. That is a model — volunteers asked
+/// instead would not answer exactly as the ones asked did — and the comparison is only as
+/// good as it is; [`evaluate`] compares decisions without one.
+pub async fn rerun(
+    nats_url: &str,
+    log: &LogConfig,
+    only: Option<&IncidentId>,
+    change: &PolicyChange,
+) -> Result<Vec<Rerun>, MatcherError> {
+    let incidents = each_incident(
+        nats_url,
+        log,
+        only,
+        |seq, env, run: &mut Rerunning, engine| {
+            run.recorded.apply(seq, env);
+            run.recorded_watch.observe(env);
+            if let Some(s) = crate::audit::round_of(&env.event) {
+                // The recorded round's decisions: the alternative makes its own, here.
+                if run.held.as_ref().is_some_and(|(held, _)| *held == s) {
+                    run.decide_held(seq, env);
+                }
+            } else if matches!(
+                env.event,
+                Event::VolunteerRespondedV1(_) | Event::AssignmentCompletedV1(_)
+            ) {
+                match run.moved(env) {
+                    Some(moved) => run.apply_alternative(seq, &moved),
+                    None => run.answers_dropped += 1,
+                }
+            } else {
+                run.apply_alternative(seq, &*for_alternative(change, seq, env)?);
+            }
+            if let Some(engine) = engine {
+                let round = decided(&run.alternative, engine, seq, &env.incident)?;
+                run.rounds += 1;
+                run.held = Some((seq, round));
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(incidents
+        .into_iter()
+        .map(|(incident, run)| {
+            let providers = run.recorded.providers.len();
+            Rerun {
+                incident: incident.to_string(),
+                rounds: run.rounds,
+                providers: providers as u64,
+                recorded: run.recorded_watch.course(providers),
+                alternative: run.alternative_watch.course(providers),
+                answers_dropped: run.answers_dropped,
             }
         })
         .collect())
@@ -470,5 +807,14 @@ mod tests {
         assert!((o.prior_tasks_mean - 0.5).abs() < 1e-12, "{o:?}");
         assert_eq!((o.distance_p50_m, o.distance_p90_m), (900, 900));
         assert!((o.distance_mean_m - 500.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn gini_is_zero_for_an_even_spread_and_near_one_when_one_takes_all() {
+        assert_eq!(gini(vec![3, 3, 3, 3]), 0.0);
+        assert!((gini(vec![0, 0, 0, 8]) - 0.75).abs() < 1e-12);
+        assert!((gini(vec![1, 3]) - 0.25).abs() < 1e-12);
+        assert_eq!(gini(vec![0, 0]), 0.0);
+        assert_eq!(gini(Vec::new()), 0.0);
     }
 }
