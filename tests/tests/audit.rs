@@ -728,3 +728,37 @@ async fn re_running_with_a_shorter_radius_leaves_the_needs_beyond_it_unproposed(
     assert!(r.recorded.distance_mean_m > 4_000.0, "{r:?}");
     assert!(r.alternative.gini > r.recorded.gini, "{r:?}");
 }
+
+#[tokio::test]
+async fn evaluating_an_incident_that_is_not_on_the_log_says_so() {
+    let nats = Nats::start().await;
+    log_with_round(&nats, |_| {}).await;
+    let nowhere = IncidentId::parse("i", "nowhere").expect("valid");
+    let change = muster_matcher::evaluate::PolicyChange::default();
+    for rerun in [false, true] {
+        let e = if rerun {
+            muster_matcher::evaluate::rerun(
+                &nats.url(),
+                &Default::default(),
+                Some(&nowhere),
+                &change,
+            )
+            .await
+            .map(|_| ())
+        } else {
+            muster_matcher::evaluate::evaluate(
+                &nats.url(),
+                &Default::default(),
+                Some(&nowhere),
+                &change,
+            )
+            .await
+            .map(|_| ())
+        }
+        .expect_err("not on the log");
+        assert!(
+            e.to_string().contains("incident nowhere is not on the log"),
+            "{e}"
+        );
+    }
+}

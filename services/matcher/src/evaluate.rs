@@ -13,6 +13,9 @@
 //! compared round by round (did a round turn to volunteers already busy, or to ones never
 //! asked?) and not as a spread over the whole log: the alternative's proposals never loaded
 //! anyone, so a volunteer it prefers would be counted again in every round.
+//!
+//! [`rerun`] answers the other question, with a model: the alternative holds its own
+//! decisions, and the log's answers and completions follow the need (see there).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -211,10 +214,11 @@ async fn each_incident<S: Default>(
     let (_client, mut stream) = crate::open_log(nats_url, "muster-audit", log).await?;
     let end = crate::last_sequence(&mut stream).await?;
     let mut incidents: BTreeMap<IncidentId, S> = BTreeMap::new();
-    if end == 0 {
-        return Ok(incidents);
-    }
-    let recorded = recorded_rounds(&stream, end).await?;
+    let recorded = if end == 0 {
+        BTreeMap::new()
+    } else {
+        recorded_rounds(&stream, end).await?
+    };
     let mut failed = None;
     let mut set_aside = 0;
     scan(&stream, end, &mut set_aside, |seq, env| {
@@ -234,9 +238,12 @@ async fn each_incident<S: Default>(
         }
     })
     .await?;
-    match failed {
-        Some(reason) => Err(MatcherError::Info(reason)),
-        None => Ok(incidents),
+    match (failed, only) {
+        (Some(reason), _) => Err(MatcherError::Info(reason)),
+        (None, Some(incident)) if incidents.is_empty() => Err(MatcherError::Info(format!(
+            "incident {incident} is not on the log"
+        ))),
+        (None, _) => Ok(incidents),
     }
 }
 
