@@ -824,4 +824,105 @@ mod tests {
         assert_eq!(gini(vec![0, 0]), 0.0);
         assert_eq!(gini(Vec::new()), 0.0);
     }
+
+    #[test]
+    fn a_course_counts_needs_by_their_fate_and_waits_by_urgency() {
+        use muster_schema::events::*;
+        use muster_schema::*;
+        let incident = IncidentId::parse("i", "x").expect("valid");
+        let at = |s: i64, event: Event| {
+            Envelope::generated(
+                s as u64,
+                incident.clone(),
+                PartitionCode::parse("p", "A1").expect("valid"),
+                Timestamp(s * 1_000_000),
+                AgencyId::parse("a", "x").expect("valid"),
+                event,
+            )
+        };
+        let t0 = 1_800_000_000;
+        let window = TimeWindow::new(t0 * 1_000_000, (t0 + 3_600) * 1_000_000).expect("valid");
+        let need = |i: u8, urgency: u32| {
+            Event::NeedReportedV1(NeedReportedV1 {
+                need: EntityId([i; 16]),
+                reference: Reference::parse("r", &format!("n{i}")).expect("valid"),
+                spec: NeedSpecV1 {
+                    category: Category::Food,
+                    urgency: Urgency::new("u", urgency).expect("valid"),
+                    party_size: 1,
+                    window,
+                    location: GeoPoint::from_degrees(53.9, -1.1).expect("valid"),
+                    required_skills: vec![],
+                    required_verifications: vec![],
+                    vulnerable: false,
+                },
+                personal: Personal::None,
+            })
+        };
+        let proposed = |a: u8, n: u8, v: &str, distance_m: u32| {
+            Event::AssignmentProposedV1(AssignmentProposedV1 {
+                assignment: EntityId([a; 16]),
+                need: EntityId([n; 16]),
+                offer: EntityId([200; 16]),
+                volunteer: PersonId::parse("p", v).expect("valid"),
+                round_through_seq: 0,
+                policy_version: 1,
+                distance_m,
+                score: ScoreV1 {
+                    total: 0,
+                    urgency: 0,
+                    waiting: 0,
+                    distance: 0,
+                    fairness: 0,
+                },
+            })
+        };
+        let answer = |a: u8, response| {
+            Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+                assignment: EntityId([a; 16]),
+                response,
+                reason: String::new(),
+            })
+        };
+        let mut w = Watch::default();
+        for env in [
+            at(t0, need(1, 5)),
+            at(t0, need(2, 5)),
+            at(t0, need(3, 2)),
+            at(t0 + 10, proposed(11, 1, "a", 100)),
+            at(t0 + 30, proposed(12, 2, "a", 300)),
+            at(t0 + 31, answer(11, Response::Accept)),
+            at(t0 + 32, answer(12, Response::Decline)),
+            // The declined need proposed again: its first proposal still counts.
+            at(t0 + 90, proposed(13, 2, "b", 200)),
+            at(t0 + 95, answer(13, Response::Accept)),
+            at(
+                t0 + 99,
+                Event::AssignmentCompletedV1(AssignmentCompletedV1 {
+                    assignment: EntityId([11; 16]),
+                    personal: Personal::None,
+                }),
+            ),
+        ] {
+            w.observe(&env);
+        }
+        let c = w.course(4);
+        assert_eq!(
+            (c.needs, c.proposed, c.accepted, c.completed, c.proposals),
+            (3, 2, 2, 1, 3)
+        );
+        assert_eq!(c.proposed_by_urgency, [0, 0, 0, 0, 2]);
+        assert_eq!(
+            (c.first_proposal_p50_s[4], c.first_proposal_p90_s[4]),
+            (30.0, 30.0)
+        );
+        assert_eq!(c.first_proposal_p50_s[1], 0.0, "urgency 2: never proposed");
+        assert!((c.distance_mean_m - 200.0).abs() < 1e-9);
+        assert_eq!((c.providers_proposed, c.most_to_one), (2, 2));
+        // Loads 2, 1, 0, 0 over four providers.
+        assert!(
+            (c.gini - gini(vec![0, 0, 1, 2])).abs() < 1e-12 && c.gini > 0.4,
+            "{c:?}"
+        );
+    }
 }
