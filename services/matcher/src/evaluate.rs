@@ -628,6 +628,65 @@ pub async fn rerun(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use muster_schema::events::*;
+    use muster_schema::*;
+
+    const T0: i64 = 1_800_000_000_000_000;
+
+    fn person(p: &str) -> PersonId {
+        PersonId::parse("p", p).expect("valid")
+    }
+
+    /// Need `i` of `urgency`, at one place, for an hour from [`T0`].
+    fn need(i: u8, urgency: u32) -> Event {
+        Event::NeedReportedV1(NeedReportedV1 {
+            need: EntityId([i; 16]),
+            reference: Reference::parse("r", &format!("n{i}")).expect("valid"),
+            spec: NeedSpecV1 {
+                category: Category::Food,
+                urgency: Urgency::new("u", urgency).expect("valid"),
+                party_size: 1,
+                window: TimeWindow::new(T0, T0 + 3_600_000_000).expect("valid"),
+                location: GeoPoint::from_degrees(53.9, -1.1).expect("valid"),
+                required_skills: vec![],
+                required_verifications: vec![],
+                vulnerable: false,
+            },
+            personal: Personal::None,
+        })
+    }
+
+    /// Assignment `a` of need `n` to volunteer `v` through offer `offer`.
+    fn proposed(a: u8, n: u8, offer: u8, v: &str, distance_m: u32) -> Event {
+        Event::AssignmentProposedV1(AssignmentProposedV1 {
+            assignment: EntityId([a; 16]),
+            need: EntityId([n; 16]),
+            offer: EntityId([offer; 16]),
+            volunteer: person(v),
+            round_through_seq: 0,
+            policy_version: 1,
+            distance_m,
+            score: ScoreV1 {
+                total: 0,
+                urgency: 0,
+                waiting: 0,
+                distance: 0,
+                fairness: 0,
+            },
+        })
+    }
+
+    /// `event` at `micros` of log time, in partition A1 of incident "x".
+    fn at(micros: i64, event: Event) -> Envelope {
+        Envelope::generated(
+            micros as u64,
+            IncidentId::parse("i", "x").expect("valid"),
+            PartitionCode::parse("p", "A1").expect("valid"),
+            Timestamp(micros),
+            AgencyId::parse("a", "x").expect("valid"),
+            event,
+        )
+    }
 
     #[test]
     fn a_change_names_the_fields_it_does_not_know() {
@@ -698,30 +757,9 @@ mod tests {
     #[test]
     fn proposals_are_counted_by_urgency_distance_and_whom_they_go_to() {
         use muster_matching::round::Proposal;
-        use muster_schema::events::*;
-        use muster_schema::*;
-        let t0 = 1_800_000_000_000_000;
         let incident = IncidentId::parse("i", "x").expect("valid");
-        let window = TimeWindow::new(t0, t0 + 3_600_000_000).expect("valid");
-        let at = GeoPoint::from_degrees(53.9, -1.1).expect("valid");
-        let person = |p: &str| PersonId::parse("p", p).expect("valid");
-        let need = |i: u8, urgency: u32| {
-            Event::NeedReportedV1(NeedReportedV1 {
-                need: EntityId([i; 16]),
-                reference: Reference::parse("r", &format!("n{i}")).expect("valid"),
-                spec: NeedSpecV1 {
-                    category: Category::Food,
-                    urgency: Urgency::new("u", urgency).expect("valid"),
-                    party_size: 1,
-                    window,
-                    location: at,
-                    required_skills: vec![],
-                    required_verifications: vec![],
-                    vulnerable: false,
-                },
-                personal: Personal::None,
-            })
-        };
+        let window = TimeWindow::new(T0, T0 + 3_600_000_000).expect("valid");
+        let place = GeoPoint::from_degrees(53.9, -1.1).expect("valid");
         let offer = |i: u8, p: &str| {
             Event::OfferRegisteredV1(OfferRegisteredV1 {
                 offer: EntityId([i; 16]),
@@ -731,7 +769,7 @@ mod tests {
                     kinds: vec![Category::Food],
                     skills: vec![],
                     capacity: 2,
-                    location: at,
+                    location: place,
                     travel_radius_m: 5_000,
                     availability: vec![window],
                 },
@@ -752,34 +790,11 @@ mod tests {
             need(2, 5),
             need(3, 5),
             // An earlier round gave the first need to "busy", still pending.
-            Event::AssignmentProposedV1(AssignmentProposedV1 {
-                assignment: EntityId([20; 16]),
-                need: EntityId([1; 16]),
-                offer: EntityId([10; 16]),
-                volunteer: person("busy"),
-                round_through_seq: 6,
-                policy_version: 1,
-                distance_m: 0,
-                score: ScoreV1 {
-                    total: 0,
-                    urgency: 0,
-                    waiting: 0,
-                    distance: 0,
-                    fairness: 0,
-                },
-            }),
+            proposed(20, 1, 10, "busy", 0),
         ];
         let mut state = State::default();
         for (i, event) in events.into_iter().enumerate() {
-            let env = Envelope::generated(
-                i as u64 + 1,
-                incident.clone(),
-                PartitionCode::parse("p", "A1").expect("valid"),
-                Timestamp(t0),
-                AgencyId::parse("a", "x").expect("valid"),
-                event,
-            );
-            state.apply(i as u64 + 1, &env);
+            state.apply(i as u64 + 1, &at(T0, event));
         }
         let proposal = |need: u8, offer: u8, p: &str, distance_m: u32| Proposal {
             assignment: EntityId([need + 100; 16]),
@@ -827,56 +842,9 @@ mod tests {
 
     #[test]
     fn a_course_counts_needs_by_their_fate_and_waits_by_urgency() {
-        use muster_schema::events::*;
-        use muster_schema::*;
-        let incident = IncidentId::parse("i", "x").expect("valid");
-        let at = |s: i64, event: Event| {
-            Envelope::generated(
-                s as u64,
-                incident.clone(),
-                PartitionCode::parse("p", "A1").expect("valid"),
-                Timestamp(s * 1_000_000),
-                AgencyId::parse("a", "x").expect("valid"),
-                event,
-            )
-        };
-        let t0 = 1_800_000_000;
-        let window = TimeWindow::new(t0 * 1_000_000, (t0 + 3_600) * 1_000_000).expect("valid");
-        let need = |i: u8, urgency: u32| {
-            Event::NeedReportedV1(NeedReportedV1 {
-                need: EntityId([i; 16]),
-                reference: Reference::parse("r", &format!("n{i}")).expect("valid"),
-                spec: NeedSpecV1 {
-                    category: Category::Food,
-                    urgency: Urgency::new("u", urgency).expect("valid"),
-                    party_size: 1,
-                    window,
-                    location: GeoPoint::from_degrees(53.9, -1.1).expect("valid"),
-                    required_skills: vec![],
-                    required_verifications: vec![],
-                    vulnerable: false,
-                },
-                personal: Personal::None,
-            })
-        };
-        let proposed = |a: u8, n: u8, v: &str, distance_m: u32| {
-            Event::AssignmentProposedV1(AssignmentProposedV1 {
-                assignment: EntityId([a; 16]),
-                need: EntityId([n; 16]),
-                offer: EntityId([200; 16]),
-                volunteer: PersonId::parse("p", v).expect("valid"),
-                round_through_seq: 0,
-                policy_version: 1,
-                distance_m,
-                score: ScoreV1 {
-                    total: 0,
-                    urgency: 0,
-                    waiting: 0,
-                    distance: 0,
-                    fairness: 0,
-                },
-            })
-        };
+        let t0 = T0 / 1_000_000;
+        let at = |s: i64, event: Event| at(s * 1_000_000, event);
+        let proposed = |a: u8, n: u8, v: &str, distance_m: u32| proposed(a, n, 200, v, distance_m);
         let answer = |a: u8, response| {
             Event::VolunteerRespondedV1(VolunteerRespondedV1 {
                 assignment: EntityId([a; 16]),
