@@ -571,16 +571,20 @@ async fn evaluating_the_recorded_policy_finds_the_recorded_proposals_on_both_sid
     assert_eq!(e.providers, 60);
 }
 
+/// Four needs at one place, two volunteers about 500 m from them and two about 8 km away (all
+/// reaching 10 km), matched under the default policy (25 km). Returns the log.
+async fn near_and_far_log(nats: &Nats) -> Vec<(u64, String, Envelope)> {
+    let centre = (53.9, -1.1);
+    let at = |dlat: f64| GeoPoint::from_degrees(centre.0 + dlat, centre.1).expect("valid");
+    let offers = [at(0.0045), at(-0.0045), at(0.072), at(-0.072)];
+    inputs_at(nats, &offers, 10_000, &[at(0.0); 4]).await;
+    match_until_proposed(nats, 4).await
+}
+
 #[tokio::test]
 async fn a_shorter_radius_proposes_only_the_volunteers_within_it() {
     let nats = Nats::start().await;
-    let centre = (53.9, -1.1);
-    let at = |dlat: f64| GeoPoint::from_degrees(centre.0 + dlat, centre.1).expect("valid");
-    // Two volunteers about 500 m from four needs at one place, two about 8 km away; all reach
-    // 10 km.
-    let offers = [at(0.0045), at(-0.0045), at(0.072), at(-0.072)];
-    inputs_at(&nats, &offers, 10_000, &[at(0.0); 4]).await;
-    let log = match_until_proposed(&nats, 4).await;
+    let log = near_and_far_log(&nats).await;
     assert_eq!(proposed(&log), 4);
 
     let e = evaluate(&nats, r#"{"max_radius_m": 2000}"#).await;
@@ -708,11 +712,7 @@ async fn re_running_the_log_under_its_own_policy_goes_as_the_log_went() {
 #[tokio::test]
 async fn re_running_with_a_shorter_radius_leaves_the_needs_beyond_it_unproposed() {
     let nats = Nats::start().await;
-    let centre = (53.9, -1.1);
-    let at = |dlat: f64| GeoPoint::from_degrees(centre.0 + dlat, centre.1).expect("valid");
-    let offers = [at(0.0045), at(-0.0045), at(0.072), at(-0.072)];
-    inputs_at(&nats, &offers, 10_000, &[at(0.0); 4]).await;
-    match_until_proposed(&nats, 4).await;
+    near_and_far_log(&nats).await;
 
     let r = rerun(&nats, r#"{"max_radius_m": 2000}"#).await;
     assert_eq!((r.recorded.needs, r.alternative.needs), (4, 4));
