@@ -465,7 +465,8 @@ pub struct Rerun {
     pub recorded: Course,
     pub alternative: Course,
     /// Answers and completions of the log that found no assignment of the alternative's for
-    /// their need at the time (it had not proposed the need, or its proposal had ended).
+    /// their need at the time (it had not proposed the need, its proposal had ended, or it was
+    /// not at the same stage).
     pub answers_dropped: u64,
 }
 
@@ -536,7 +537,8 @@ impl Rerunning {
     }
 
     /// The log's answer or completion `env`, moved to the alternative's live assignment of the
-    /// same need; `None` if it has none.
+    /// same need; `None` if it has none, or if that one is not at the same stage (an answer
+    /// needs one awaiting it, a completion one accepted).
     fn moved(&mut self, env: &Envelope) -> Option<Envelope> {
         let real = match &env.event {
             Event::VolunteerRespondedV1(e) => e.assignment,
@@ -545,6 +547,15 @@ impl Rerunning {
         };
         let need = *self.recorded_watch.need_of.get(&real)?;
         let alt = *self.live.get(&need)?;
+        // Only to an assignment at the same stage: an answer to one awaiting it, a completion
+        // to one accepted.
+        let accepted = matches!(
+            self.alternative.assignments.get(&alt).map(|a| &a.status),
+            Some(muster_matching::state::AssignmentStatus::Accepted)
+        );
+        if accepted != matches!(env.event, Event::AssignmentCompletedV1(_)) {
+            return None;
+        }
         let mut moved = env.clone();
         match &mut moved.event {
             Event::VolunteerRespondedV1(e) => {
@@ -568,7 +579,7 @@ impl Rerunning {
 /// same engine) on its own state, which holds its own decisions, not the recorded ones.
 /// Volunteers' answers follow the need: an answer or completion the log holds for a need goes
 /// to whatever assignment the alternative holds for that need at the time (whoever it was
-/// proposed to), and is dropped if it holds none. That is a model — volunteers asked
+/// proposed to), and is dropped if it holds none at the same stage. That is a model — volunteers asked
 /// instead would not answer exactly as the ones asked did — and the comparison is only as
 /// good as it is; [`evaluate`] compares decisions without one.
 pub async fn rerun(
@@ -892,5 +903,61 @@ mod tests {
             (c.gini - gini(vec![0, 0, 1, 2])).abs() < 1e-12 && c.gini > 0.4,
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn an_answer_moves_to_the_alternatives_assignment_of_the_need_at_the_same_stage() {
+        let declared = Event::IncidentDeclaredV1(IncidentDeclaredV1 {
+            incident: IncidentId::parse("i", "x").expect("valid"),
+            name: "x".into(),
+            partitions: vec![],
+            categories: vec![],
+            policy: PolicyV1::default(),
+        });
+        let mut run = Rerunning::default();
+        for (seq, e) in [(1, declared), (2, need(1, 3))] {
+            let env = at(T0, e);
+            run.recorded.apply(seq, &env);
+            run.recorded_watch.observe(&env);
+            run.apply_alternative(seq, &env);
+        }
+        // The log gave the need to "real" (assignment 10), the alternative to "alt" (11).
+        run.recorded_watch
+            .observe(&at(T0, proposed(10, 1, 100, "real", 0)));
+        run.apply_alternative(3, &at(T0, proposed(11, 1, 101, "alt", 0)));
+        let answer = |response| {
+            at(
+                T0 + 1,
+                Event::VolunteerRespondedV1(VolunteerRespondedV1 {
+                    assignment: EntityId([10; 16]),
+                    response,
+                    reason: String::new(),
+                }),
+            )
+        };
+        let completed = at(
+            T0 + 2,
+            Event::AssignmentCompletedV1(AssignmentCompletedV1 {
+                assignment: EntityId([10; 16]),
+                personal: Personal::None,
+            }),
+        );
+        // Not accepted yet: a completion has nowhere to go.
+        assert!(run.moved(&completed).is_none());
+        let accepted = run.moved(&answer(Response::Accept)).expect("to 11");
+        let Event::VolunteerRespondedV1(r) = &accepted.event else {
+            panic!("an answer");
+        };
+        assert_eq!(r.assignment, EntityId([11; 16]));
+        run.apply_alternative(4, &accepted);
+        // Accepted: a second answer has nowhere to go, the completion does.
+        assert!(run.moved(&answer(Response::Decline)).is_none());
+        let done = run.moved(&completed).expect("to 11");
+        let Event::AssignmentCompletedV1(c) = &done.event else {
+            panic!("a completion");
+        };
+        assert_eq!(c.assignment, EntityId([11; 16]));
+        // Completed: nothing live for the need any more.
+        assert!(run.live.is_empty());
     }
 }
