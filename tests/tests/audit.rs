@@ -762,3 +762,19 @@ async fn evaluating_an_incident_that_is_not_on_the_log_says_so() {
         );
     }
 }
+
+#[tokio::test]
+async fn evaluating_a_log_whose_round_its_engine_does_not_reproduce_says_so() {
+    let nats = Nats::start().await;
+    log_with_round(&nats, |e| {
+        if let Event::AssignmentProposedV1(p) = e {
+            p.volunteer = PersonId::parse("p", "someone-else").expect("valid");
+        }
+    })
+    .await;
+    let change = muster_matcher::evaluate::PolicyChange::default();
+    let e = muster_matcher::evaluate::evaluate(&nats.url(), &Default::default(), None, &change)
+        .await
+        .expect_err("the recorded round is not what its engine decides");
+    assert!(e.to_string().contains("muster audit verify"), "{e}");
+}

@@ -18,7 +18,7 @@
 //! decisions, and the log's answers and completions follow the need (see there).
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use muster_log::LogConfig;
 use muster_matching::State;
@@ -200,6 +200,9 @@ struct Sides {
     same: u64,
     recorded_tally: Tally,
     alternative_tally: Tally,
+    /// The last round decided again on the log as it is: its S and the (need, provider) pairs
+    /// it proposed, which the log's own proposals for that round must be among.
+    expected: Option<(u64, BTreeSet<(EntityId, muster_schema::PersonId)>)>,
 }
 
 /// Reads the log once (of `only` that incident, if given) and hands each event to `step` with
@@ -284,6 +287,18 @@ pub async fn evaluate(
         log,
         only,
         |seq, env, sides: &mut Sides, engine| {
+            // The recorded side is decided again, not read: make sure it is what the log holds.
+            if let Event::AssignmentProposedV1(p) = &env.event
+                && let Some((s, expected)) = &mut sides.expected
+                && *s == p.round_through_seq
+                && !expected.remove(&(p.need, p.volunteer.clone()))
+            {
+                return Err(format!(
+                    "the proposal at sequence {seq} is not what its engine decides for round {s} \
+                     of {}: run `muster audit verify`",
+                    env.incident
+                ));
+            }
             sides.recorded.apply(seq, env);
             sides
                 .alternative
@@ -305,6 +320,8 @@ pub async fn evaluate(
                 .count() as u64;
             sides.recorded_tally.add(&sides.recorded, &a);
             sides.alternative_tally.add(&sides.alternative, &b);
+            let pairs = a.proposals.iter().map(|p| (p.need, p.provider.clone()));
+            sides.expected = Some((seq, pairs.collect()));
             Ok(())
         },
     )
@@ -359,8 +376,8 @@ struct Watch {
     reported: BTreeMap<EntityId, (i64, u8)>,
     first_proposal: BTreeMap<EntityId, i64>,
     need_of: BTreeMap<EntityId, EntityId>,
-    accepted: std::collections::BTreeSet<EntityId>,
-    completed: std::collections::BTreeSet<EntityId>,
+    accepted: BTreeSet<EntityId>,
+    completed: BTreeSet<EntityId>,
     proposals: u64,
     distance: u64,
     per_provider: BTreeMap<muster_schema::PersonId, u64>,
