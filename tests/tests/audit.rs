@@ -546,6 +546,20 @@ fn proposed(log: &[(u64, String, Envelope)]) -> u64 {
         .count() as u64
 }
 
+/// What both ways of evaluating `change` (a JSON policy change) say when they refuse it, for
+/// `only` that incident if given.
+async fn refused_by_both(nats: &Nats, only: Option<&IncidentId>, change: &str) -> [String; 2] {
+    let change = muster_matcher::evaluate::PolicyChange::from_json(change).expect("a change");
+    let log = muster_log::LogConfig::default();
+    let per_round = muster_matcher::evaluate::evaluate(&nats.url(), &log, only, &change)
+        .await
+        .expect_err("refused round by round");
+    let rerun = muster_matcher::evaluate::rerun(&nats.url(), &log, only, &change)
+        .await
+        .expect_err("refused re-run");
+    [per_round.to_string(), rerun.to_string()]
+}
+
 async fn evaluate(nats: &Nats, change: &str) -> muster_matcher::evaluate::Evaluation {
     let change = muster_matcher::evaluate::PolicyChange::from_json(change).expect("a change");
     let mut found =
@@ -610,13 +624,9 @@ async fn a_shorter_radius_proposes_only_the_volunteers_within_it() {
 async fn an_alternative_that_breaks_a_rule_of_the_policy_is_refused_naming_the_field() {
     let nats = Nats::start().await;
     log_with_round(&nats, |_| {}).await;
-    let change =
-        muster_matcher::evaluate::PolicyChange::from_json(r#"{"acceptance_timeout_s": 1}"#)
-            .expect("parses");
-    let e = muster_matcher::evaluate::evaluate(&nats.url(), &Default::default(), None, &change)
-        .await
-        .expect_err("a timeout under a minute");
-    assert!(e.to_string().contains("policy.acceptance_timeout_s"), "{e}");
+    for e in refused_by_both(&nats, None, r#"{"acceptance_timeout_s": 1}"#).await {
+        assert!(e.contains("policy.acceptance_timeout_s"), "{e}");
+    }
 }
 
 async fn rerun(nats: &Nats, change: &str) -> muster_matcher::evaluate::Rerun {
@@ -734,32 +744,8 @@ async fn evaluating_an_incident_that_is_not_on_the_log_says_so() {
     let nats = Nats::start().await;
     log_with_round(&nats, |_| {}).await;
     let nowhere = IncidentId::parse("i", "nowhere").expect("valid");
-    let change = muster_matcher::evaluate::PolicyChange::default();
-    for rerun in [false, true] {
-        let e = if rerun {
-            muster_matcher::evaluate::rerun(
-                &nats.url(),
-                &Default::default(),
-                Some(&nowhere),
-                &change,
-            )
-            .await
-            .map(|_| ())
-        } else {
-            muster_matcher::evaluate::evaluate(
-                &nats.url(),
-                &Default::default(),
-                Some(&nowhere),
-                &change,
-            )
-            .await
-            .map(|_| ())
-        }
-        .expect_err("not on the log");
-        assert!(
-            e.to_string().contains("incident nowhere is not on the log"),
-            "{e}"
-        );
+    for e in refused_by_both(&nats, Some(&nowhere), "{}").await {
+        assert!(e.contains("incident nowhere is not on the log"), "{e}");
     }
 }
 

@@ -179,6 +179,18 @@ impl State {
         self.offer_slot.get(id).map(|s| &self.offers[*s as usize])
     }
 
+    /// The live (pending or accepted) assignments of `need`, by id.
+    pub fn live_assignments(
+        &self,
+        need: &EntityId,
+    ) -> impl Iterator<Item = (&EntityId, &Assignment)> + '_ {
+        self.live_by_need
+            .get(need)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.assignments.get(id).map(|a| (id, a)))
+    }
+
     pub fn provider(&self, id: &ProviderKey) -> Option<&ProviderState> {
         self.slot_of_provider(id)
             .map(|s| &self.providers[s as usize])

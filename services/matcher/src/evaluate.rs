@@ -494,8 +494,6 @@ struct Rerunning {
     recorded_watch: Watch,
     alternative: State,
     alternative_watch: Watch,
-    /// The alternative's live assignment of each need.
-    live: BTreeMap<EntityId, EntityId>,
     /// The alternative's round decided at S, held until the log shows the recorded round's
     /// first decision (so its decisions come after the same inputs, at the same time).
     held: Option<(u64, Round)>,
@@ -504,33 +502,11 @@ struct Rerunning {
 }
 
 impl Rerunning {
-    /// Applies an event of the alternative's (its own decision, an input, or an answer moved
-    /// to its assignment) and keeps track of its live assignments.
+    /// Applies an event of the alternative's: its own decision, an input, or an answer moved
+    /// to its assignment.
     fn apply_alternative(&mut self, seq: u64, env: &Envelope) {
-        match &env.event {
-            Event::AssignmentProposedV1(e) => {
-                self.live.insert(e.need, e.assignment);
-            }
-            Event::AssignmentExpiredV1(muster_schema::events::AssignmentExpiredV1 {
-                assignment,
-                ..
-            })
-            | Event::AssignmentCancelledV1(muster_schema::events::AssignmentCancelledV1 {
-                assignment,
-                ..
-            }) => self.end(assignment),
-            _ => {}
-        }
         self.alternative.apply(seq, env);
         self.alternative_watch.observe(env);
-    }
-
-    fn end(&mut self, assignment: &EntityId) {
-        if let Some(need) = self.alternative.assignments.get(assignment).map(|a| a.need)
-            && self.live.get(&need) == Some(assignment)
-        {
-            self.live.remove(&need);
-        }
     }
 
     /// Applies the held round's decisions as of `env` (the recorded round's first decision).
@@ -554,37 +530,22 @@ impl Rerunning {
     }
 
     /// The log's answer or completion `env`, moved to the alternative's live assignment of the
-    /// same need; `None` if it has none, or if that one is not at the same stage (an answer
-    /// needs one awaiting it, a completion one accepted).
-    fn moved(&mut self, env: &Envelope) -> Option<Envelope> {
-        let real = match &env.event {
-            Event::VolunteerRespondedV1(e) => e.assignment,
-            Event::AssignmentCompletedV1(e) => e.assignment,
+    /// same need at the same stage (an answer to one awaiting it, a completion to one
+    /// accepted); `None` if it has none.
+    fn moved(&self, env: &Envelope) -> Option<Envelope> {
+        let (real, completing) = match &env.event {
+            Event::VolunteerRespondedV1(e) => (e.assignment, false),
+            Event::AssignmentCompletedV1(e) => (e.assignment, true),
             _ => return None,
         };
-        let need = *self.recorded_watch.need_of.get(&real)?;
-        let alt = *self.live.get(&need)?;
-        // Only to an assignment at the same stage: an answer to one awaiting it, a completion
-        // to one accepted.
-        let accepted = matches!(
-            self.alternative.assignments.get(&alt).map(|a| &a.status),
-            Some(muster_matching::state::AssignmentStatus::Accepted)
-        );
-        if accepted != matches!(env.event, Event::AssignmentCompletedV1(_)) {
-            return None;
-        }
+        let need = self.recorded_watch.need_of.get(&real)?;
+        let (&alt, _) = self.alternative.live_assignments(need).find(|(_, a)| {
+            matches!(a.status, muster_matching::state::AssignmentStatus::Accepted) == completing
+        })?;
         let mut moved = env.clone();
         match &mut moved.event {
-            Event::VolunteerRespondedV1(e) => {
-                e.assignment = alt;
-                if e.response != muster_schema::Response::Accept {
-                    self.live.remove(&need);
-                }
-            }
-            Event::AssignmentCompletedV1(e) => {
-                e.assignment = alt;
-                self.live.remove(&need);
-            }
+            Event::VolunteerRespondedV1(e) => e.assignment = alt,
+            Event::AssignmentCompletedV1(e) => e.assignment = alt,
             _ => return None,
         }
         Some(moved)
@@ -974,7 +935,11 @@ mod tests {
             panic!("a completion");
         };
         assert_eq!(c.assignment, EntityId([11; 16]));
+        run.apply_alternative(5, &done);
         // Completed: nothing live for the need any more.
-        assert!(run.live.is_empty());
+        assert_eq!(
+            run.alternative.live_assignments(&EntityId([1; 16])).count(),
+            0
+        );
     }
 }
