@@ -761,7 +761,9 @@ impl State {
                 }
                 self.link(e.assignment, &a);
                 self.assignments.insert(e.assignment, a);
-                self.assess(e.assignment);
+                // The offer's other live assignments too: a log that commits an offer beyond
+                // its capacity (never one the matcher writes) leaves none of them fitting.
+                self.assess_all(self.live_by_offer.get(&e.offer).cloned());
             }
             Event::VolunteerRespondedV1(_)
             | Event::AssignmentCompletedV1(_)

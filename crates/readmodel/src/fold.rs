@@ -15,8 +15,9 @@ use muster_schema::{DecodeError, EntityId, Envelope, Event, IncidentId, PersonId
 use crate::counters::{self, assignment_counter_key, need_counter_keys};
 use crate::keys::{self, Cf, HistoryOf};
 use crate::records::{
-    AssignmentRecord, AssignmentStatus, ChangeRecord, HistoryEntry, IncidentRecord, NeedEntry,
-    NeedRecord, NeedStatus, OfferRecord, ProviderRecord, SetAsideRecord, VerificationRecord,
+    AssignmentRecord, AssignmentStatus, ChangeRecord, EntityRecord, HistoryEntry, IncidentRecord,
+    NeedEntry, NeedRecord, NeedStatus, OfferRecord, ProviderRecord, SetAsideRecord,
+    VerificationRecord,
 };
 use crate::tx::{Read, Tx};
 use crate::{Corrupt, FORMAT};
@@ -337,29 +338,22 @@ fn need_in<R: Read + ?Sized>(
     Ok(())
 }
 
-/// The record `id` in `cf`, or the event is set aside: "`what` {id} was never ...".
-fn must<T: serde::de::DeserializeOwned, R: Read + ?Sized>(
+/// The record `id`, which must be `incident`'s, or the event is set aside: "need {id} was never
+/// reported", or "... belongs to incident ...".
+fn must<T: serde::de::DeserializeOwned + EntityRecord, R: Read + ?Sized>(
     tx: &Tx<'_, R>,
-    cf: Cf,
+    incident: &IncidentId,
     id: &EntityId,
-    what: &str,
 ) -> Result<T, Fail> {
-    match tx.get_rec(cf, &id.0)? {
-        Some(r) => Ok(r),
-        None => refuse(format!(
-            "{what} {id} was never {}",
-            match cf {
-                Cf::Needs => "reported",
-                Cf::Offers => "registered",
-                Cf::Verifications => "recorded",
-                _ => "proposed",
-            }
+    match tx.get_rec::<T>(T::CF, &id.0)? {
+        Some(r) if r.incident() == incident => Ok(r),
+        Some(r) => refuse(format!(
+            "{} {id} belongs to incident {}, not {incident}",
+            T::NAME,
+            r.incident()
         )),
+        None => refuse(format!("{} {id} was never {}", T::NAME, T::CREATED)),
     }
-}
-
-fn get_need<R: Read + ?Sized>(tx: &Tx<'_, R>, id: &EntityId) -> Result<NeedRecord, Fail> {
-    must(tx, Cf::Needs, id, "need")
 }
 
 fn need<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Result<Effects, Fail> {
@@ -393,7 +387,7 @@ fn need<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Resul
             (e.need, rec, summary)
         }
         Event::NeedUpdatedV1(e) => {
-            let mut rec = get_need(tx, &e.need)?;
+            let mut rec: NeedRecord = must(tx, &env.incident, &e.need)?;
             need_out(tx, &e.need, &rec)?;
             rec.spec = e.spec.clone();
             rec.last_seq = seq;
@@ -406,7 +400,7 @@ fn need<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Resul
             (e.need, rec, summary)
         }
         Event::NeedWithdrawnV1(e) => {
-            let mut rec = get_need(tx, &e.need)?;
+            let mut rec: NeedRecord = must(tx, &env.incident, &e.need)?;
             if rec.status == NeedStatus::Withdrawn {
                 return refuse(format!("need {} was already withdrawn", e.need));
             }
@@ -466,10 +460,6 @@ fn provider_moved<R: Read + ?Sized>(
     Ok(())
 }
 
-fn get_offer<R: Read + ?Sized>(tx: &Tx<'_, R>, id: &EntityId) -> Result<OfferRecord, Fail> {
-    must(tx, Cf::Offers, id, "offer")
-}
-
 fn offer<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Result<Effects, Fail> {
     let mut fx = Effects::none();
     let inc = &env.incident;
@@ -500,7 +490,7 @@ fn offer<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Resu
             (e.offer, rec, summary)
         }
         Event::OfferUpdatedV1(e) => {
-            let mut rec = get_offer(tx, &e.offer)?;
+            let mut rec: OfferRecord = must(tx, &env.incident, &e.offer)?;
             rec.spec = e.spec.clone();
             rec.last_seq = seq;
             let summary = format!(
@@ -510,7 +500,7 @@ fn offer<R: Read + ?Sized>(tx: &mut Tx<'_, R>, seq: u64, env: &Envelope) -> Resu
             (e.offer, rec, summary)
         }
         Event::OfferWithdrawnV1(e) => {
-            let mut rec = get_offer(tx, &e.offer)?;
+            let mut rec: OfferRecord = must(tx, &env.incident, &e.offer)?;
             if rec.withdrawn {
                 return refuse(format!("offer {} was already withdrawn", e.offer));
             }
@@ -567,8 +557,7 @@ fn verification<R: Read + ?Sized>(
             )
         }
         Event::VerificationRevokedV1(e) => {
-            let mut rec: VerificationRecord =
-                must(tx, Cf::Verifications, &e.verification, "verification")?;
+            let mut rec: VerificationRecord = must(tx, &env.incident, &e.verification)?;
             if rec.revoked {
                 return refuse(format!(
                     "verification {} was already revoked",
@@ -622,8 +611,8 @@ fn proposed<R: Read + ?Sized>(
     if tx.contains(Cf::Assignments, &e.assignment.0)? {
         return refuse(format!("assignment {} was already proposed", e.assignment));
     }
-    let mut need = get_need(tx, &e.need)?;
-    let mut offer = get_offer(tx, &e.offer)?;
+    let mut need: NeedRecord = must(tx, &env.incident, &e.need)?;
+    let mut offer: OfferRecord = must(tx, &env.incident, &e.offer)?;
     // The matcher decides a round on the log as of its cut: a need withdrawn after the cut and
     // before the round's events were appended is still proposed. The assignment stands until
     // the engine's next round cancels it; the need stays withdrawn and does not follow it.
@@ -754,7 +743,7 @@ fn assignment_moved<R: Read + ?Sized>(
         ),
         _ => return refuse("not an assignment event"),
     };
-    let mut a: AssignmentRecord = must(tx, Cf::Assignments, &id, "assignment")?;
+    let mut a: AssignmentRecord = must(tx, &env.incident, &id)?;
     // By the rule every reader of the log applies (`muster_schema::assignment`): a round's
     // expiry or cancellation that an answer or a completion overtook is void, anything else
     // out of turn is set aside.
@@ -781,8 +770,8 @@ fn assignment_moved<R: Read + ?Sized>(
             ));
         }
     }
-    let mut need = get_need(tx, &a.need)?;
-    let mut offer = get_offer(tx, &a.offer)?;
+    let mut need: NeedRecord = must(tx, &env.incident, &a.need)?;
+    let mut offer: OfferRecord = must(tx, &env.incident, &a.offer)?;
     let inc = a.incident.clone();
     assignment_status_moved(tx, &inc, Some(a.status), to)?;
     a.status = to;

@@ -8,6 +8,8 @@ use muster_schema::values::{Category, Provider, Timestamp, VerificationKind};
 use muster_schema::{AgencyId, EntityId, IncidentId, PartitionCode, PersonId, Reference};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::Cf;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncidentRecord {
     pub name: String,
@@ -51,6 +53,39 @@ impl NeedStatus {
     pub fn is_open(self) -> bool {
         matches!(self, NeedStatus::Open | NeedStatus::Proposed)
     }
+}
+
+/// The record of one incident's entity, stored by its id in its own column family. Entity ids
+/// are keys of their own, whatever the incident, so an event of one incident must not change
+/// another's entity.
+pub trait EntityRecord {
+    /// Where records of this kind are stored.
+    const CF: Cf;
+    /// The entity's name and what creates it, for set-aside reasons ("need ... was never
+    /// reported").
+    const NAME: &'static str;
+    const CREATED: &'static str;
+    fn incident(&self) -> &IncidentId;
+}
+
+macro_rules! entity_record {
+    ($($t:ty: $cf:ident, $name:literal, $created:literal;)*) => {
+        $(impl EntityRecord for $t {
+            const CF: Cf = Cf::$cf;
+            const NAME: &'static str = $name;
+            const CREATED: &'static str = $created;
+            fn incident(&self) -> &IncidentId {
+                &self.incident
+            }
+        })*
+    };
+}
+
+entity_record! {
+    NeedRecord: Needs, "need", "reported";
+    OfferRecord: Offers, "offer", "registered";
+    AssignmentRecord: Assignments, "assignment", "proposed";
+    VerificationRecord: Verifications, "verification", "recorded";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -226,13 +226,21 @@ fn need_of(store: &MemStore, name: &str) -> NeedRecord {
 }
 
 fn counter(store: &MemStore, name: &str) -> i64 {
+    counter_in(store, &incident(), name)
+}
+
+fn counter_in(store: &MemStore, incident: &IncidentId, name: &str) -> i64 {
     Tx::new(store)
-        .get_i64(Cf::Counters, &keys::counter_key(&incident(), name))
+        .get_i64(Cf::Counters, &keys::counter_key(incident, name))
         .expect("counter")
 }
 
 fn open_needs(store: &MemStore) -> Vec<EntityId> {
-    let prefix = keys::open_needs_prefix(&incident());
+    open_needs_in(store, &incident())
+}
+
+fn open_needs_in(store: &MemStore, incident: &IncidentId) -> Vec<EntityId> {
+    let prefix = keys::open_needs_prefix(incident);
     store
         .cf(Cf::Index)
         .filter(|(k, _)| k.starts_with(&prefix))
@@ -564,6 +572,36 @@ fn an_event_that_does_not_fit_is_set_aside_leaving_no_partial_change() {
 }
 
 #[test]
+fn an_event_naming_another_incidents_entity_is_set_aside() {
+    let mut log = Log::new();
+    log.need("n1", 3, false);
+    let before = log.fold();
+    // A withdrawal recorded for another incident, naming this incident's need: ids are keys of
+    // their own in the read models, so without the check it would withdraw the need here.
+    log.event(
+        "A1",
+        Event::NeedWithdrawnV1(NeedWithdrawnV1 {
+            need: id("n1"),
+            reason: "done".into(),
+        }),
+    );
+    if let Some((_, _, Ok(env))) = log.items.last_mut() {
+        env.incident = IncidentId::parse("i", "other").expect("valid");
+    }
+    let after = log.fold();
+    assert_eq!(need_of(&after, "n1"), need_of(&before, "n1"));
+    let set_aside = Log::set_aside(&after);
+    assert_eq!(set_aside.len(), 1);
+    assert!(
+        set_aside[0]
+            .reason
+            .contains("belongs to incident test, not other"),
+        "{}",
+        set_aside[0].reason
+    );
+}
+
+#[test]
 fn an_event_at_or_below_the_position_is_skipped() {
     let mut log = Log::new();
     log.need("n1", 3, false);
@@ -826,8 +864,23 @@ mod properties {
         }
     }
 
-    /// The counters and indexes, recomputed from the records alone.
+    /// The counters and indexes, recomputed from the records alone, in every incident the
+    /// records name.
     fn recount(store: &MemStore) {
+        let mut incidents = std::collections::BTreeSet::from([incident()]);
+        for cf in [Cf::Needs, Cf::Offers, Cf::Assignments] {
+            for (_, v) in store.cf(cf) {
+                // Every record's first field is its incident.
+                let (inc, _) = postcard::take_from_bytes::<IncidentId>(v).expect("decodes");
+                incidents.insert(inc);
+            }
+        }
+        for inc in &incidents {
+            recount_in(store, inc);
+        }
+    }
+
+    fn recount_in(store: &MemStore, inc: &IncidentId) {
         let needs: Vec<(EntityId, NeedRecord)> = store
             .cf(Cf::Needs)
             .map(|(k, v)| {
@@ -836,11 +889,12 @@ mod properties {
                     postcard::from_bytes(v).expect("decodes"),
                 )
             })
+            .filter(|(_, r): &(EntityId, NeedRecord)| &r.incident == inc)
             .collect();
         for status in NeedStatus::ALL {
             let n = needs.iter().filter(|(_, r)| r.status == status).count() as i64;
             assert_eq!(
-                counter(store, &format!("need.{}", status.name())),
+                counter_in(store, inc, &format!("need.{}", status.name())),
                 n,
                 "need.{}",
                 status.name()
@@ -851,7 +905,7 @@ mod properties {
                     .filter(|(_, r)| r.status == status && r.spec.urgency.get() == u)
                     .count() as i64;
                 assert_eq!(
-                    counter(store, &format!("need.{}.urgency.{u}", status.name())),
+                    counter_in(store, inc, &format!("need.{}.urgency.{u}", status.name())),
                     n
                 );
             }
@@ -862,7 +916,7 @@ mod properties {
             .map(|(i, _)| *i)
             .collect();
         open.sort();
-        let mut indexed = open_needs(store);
+        let mut indexed = open_needs_in(store, inc);
         indexed.sort();
         assert_eq!(
             indexed, open,
@@ -872,9 +926,12 @@ mod properties {
             .iter()
             .filter(|(_, r)| r.status.is_open() && r.spec.vulnerable)
             .count() as i64;
-        assert_eq!(counter(store, counters::UNMET_SAFEGUARDED), safeguarded);
+        assert_eq!(
+            counter_in(store, inc, counters::UNMET_SAFEGUARDED),
+            safeguarded
+        );
         // Every open-index value agrees with its need.
-        let prefix = keys::open_needs_prefix(&incident());
+        let prefix = keys::open_needs_prefix(inc);
         for (k, v) in store.cf(Cf::Index).filter(|(k, _)| k.starts_with(&prefix)) {
             let e: NeedEntry = postcard::from_bytes(v).expect("decodes");
             let need = needs
@@ -891,6 +948,7 @@ mod properties {
                     postcard::from_bytes(v).expect("decodes"),
                 )
             })
+            .filter(|(_, r): &(EntityId, AssignmentRecord)| &r.incident == inc)
             .collect();
         for (need_id, need) in &needs {
             let active: Vec<_> = assignments
@@ -931,6 +989,7 @@ mod properties {
                     postcard::from_bytes(v).expect("decodes"),
                 )
             })
+            .filter(|(_, r): &(EntityId, OfferRecord)| &r.incident == inc)
             .collect();
         for (oid, o) in &offers {
             let active = assignments
@@ -952,7 +1011,7 @@ mod properties {
             "cancelled",
         ]
         .iter()
-        .map(|s| counter(store, &format!("assignment.{s}")))
+        .map(|s| counter_in(store, inc, &format!("assignment.{s}")))
         .sum();
         assert_eq!(by_status, proposals);
     }
@@ -1026,6 +1085,57 @@ mod properties {
                 at = end;
             }
             prop_assert_eq!(store.checksum(), once.checksum());
+        }
+
+        /// Bytes in the log that still decode can carry what intake would never write (an
+        /// urgency of 0, a point off the Earth, a window that ends before it starts, a policy's
+        /// weights at their maximum). Neither fold may crash on them: the read models apply or
+        /// set aside every event and move their position to the end, and the matcher folds
+        /// what decodes and cuts rounds over it.
+        #[test]
+        fn events_mangled_in_the_log_crash_neither_fold(
+            steps in prop::collection::vec(step(), 1..40),
+            edits in prop::collection::vec(
+                (any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<u8>()),
+                1..24,
+            ),
+        ) {
+            let mut log = play(&steps);
+            for (item, at, byte) in edits {
+                let i = item.index(log.items.len());
+                let (_, _, env) = &mut log.items[i];
+                if let Ok(e) = env.as_ref() {
+                    let mut bytes = e.encode();
+                    let at = at.index(bytes.len());
+                    bytes[at] = byte;
+                    *env = Envelope::decode(&bytes);
+                }
+            }
+            let store = log.fold();
+            recount(&store);
+            let position = store
+                .data
+                .get(&(Cf::Meta, keys::POSITION.to_vec()))
+                .and_then(|v| muster_readmodel::tx::decode_i64(v));
+            prop_assert_eq!(position, Some(log.items.len() as i64));
+            let undecodable = log.items.iter().filter(|(_, _, e)| e.is_err()).count();
+            prop_assert!(Log::set_aside(&store).len() >= undecodable);
+            // The matcher keeps one state per incident, as its service does.
+            let mut states: std::collections::BTreeMap<IncidentId, State> = Default::default();
+            for (n, (seq, _, env)) in log.items.iter().enumerate() {
+                let Ok(env) = env else { continue };
+                let state = states.entry(env.incident.clone()).or_default();
+                state.apply(*seq, env);
+                if n % 5 == 4 {
+                    let r = muster_matching::round(state);
+                    muster_matching::round::round_events(state, &env.incident, &r);
+                }
+            }
+            for (incident, state) in &states {
+                state.check_derived();
+                let r = muster_matching::round(state);
+                muster_matching::round::round_events(state, incident, &r);
+            }
         }
     }
 }
