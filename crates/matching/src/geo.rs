@@ -53,6 +53,23 @@ pub fn distance_m(a: &GeoPoint, b: &GeoPoint) -> u32 {
 /// Grid cells of the spatial index: 0.05° of latitude by 0.05° of longitude.
 pub const CELL_MICRODEGREES: i32 = 50_000;
 
+/// How a search treats the antimeridian (±180° of longitude), where cell columns restart.
+///
+/// Engines 1 to 5 search as if the grid ended there: a need at 179.99°E never found an offer at
+/// 179.99°W two kilometres away (Fiji's islands straddle it, as do Chukotka and the Aleutians).
+/// Engine 6 searches across it. Both file points in the same cells (a point at exactly 180° in
+/// the column east of 179.95°, as it always was), so the index serves either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seam {
+    /// The grid ends at ±180°: what engines 1 to 5 decided with, kept for their audit.
+    Edge,
+    /// Columns on either side of ±180° are neighbours, as on the Earth.
+    Joined,
+}
+
+/// Microdegrees of longitude around the Earth.
+const TURN: i64 = 360_000_000;
+
 /// The cell a point falls in.
 pub fn cell(p: &GeoPoint) -> (i32, i32) {
     (
@@ -63,8 +80,8 @@ pub fn cell(p: &GeoPoint) -> (i32, i32) {
 
 /// A lower bound on [`distance_m`] from `p` to any point of `cell`: never more than the distance
 /// the rules compute for an offer in that cell, so a search may skip cells by it.
-pub fn min_distance_to_cell_m(p: &GeoPoint, cell: (i32, i32)) -> u32 {
-    min_distance_to_square_m(p, cell, CELL_MICRODEGREES)
+pub fn min_distance_to_cell_m(p: &GeoPoint, cell: (i32, i32), seam: Seam) -> u32 {
+    min_distance_to_square_m(p, cell, CELL_MICRODEGREES, seam)
 }
 
 /// Fine cells of the spatial index: 0.005° by 0.005°, ten by ten to a [`cell`]. A dense town's
@@ -86,15 +103,15 @@ pub fn coarse_of(fine: (i32, i32)) -> (i32, i32) {
 }
 
 /// As [`min_distance_to_cell_m`], for a fine cell.
-pub fn min_distance_to_fine_cell_m(p: &GeoPoint, fine: (i32, i32)) -> u32 {
-    min_distance_to_square_m(p, fine, FINE_CELL_MICRODEGREES)
+pub fn min_distance_to_fine_cell_m(p: &GeoPoint, fine: (i32, i32), seam: Seam) -> u32 {
+    min_distance_to_square_m(p, fine, FINE_CELL_MICRODEGREES, seam)
 }
 
 /// A lower bound on [`distance_m`] from `p` to any point of the square `cell` of a grid of
 /// `size` microdegrees.
-fn min_distance_to_square_m(p: &GeoPoint, cell: (i32, i32), size: i32) -> u32 {
+fn min_distance_to_square_m(p: &GeoPoint, cell: (i32, i32), size: i32, seam: Seam) -> u32 {
     let row = SquareRow::new(p, cell.0, size);
-    row.bound(lon_gap(p, cell.1, size))
+    row.bound(lon_gap(p, cell.1, size, seam))
 }
 
 /// How far (in microdegrees, 0 inside) `value` lies from the span `[lo, lo + size]`.
@@ -109,9 +126,17 @@ fn gap(value: i64, lo: i64, size: i32) -> i64 {
     }
 }
 
-/// The longitude gap from `p` to column `col` of a grid of `size` microdegrees.
-fn lon_gap(p: &GeoPoint, col: i32, size: i32) -> i64 {
-    gap(i64::from(p.lon_e6), i64::from(col) * i64::from(size), size)
+/// The longitude gap from `p` to column `col` of a grid of `size` microdegrees: the shorter way
+/// round when the seam is [`Seam::Joined`] (as [`distance_m`] measures it).
+fn lon_gap(p: &GeoPoint, col: i32, size: i32, seam: Seam) -> i64 {
+    let (lon, lo) = (i64::from(p.lon_e6), i64::from(col) * i64::from(size));
+    let direct = gap(lon, lo, size);
+    match seam {
+        Seam::Edge => direct,
+        Seam::Joined => direct
+            .min(gap(lon, lo - TURN, size))
+            .min(gap(lon, lo + TURN, size)),
+    }
 }
 
 /// What a square's distance bound takes from its row alone: the latitude gap and the cosine.
@@ -158,7 +183,7 @@ pub const FINE_PER_CELL: usize = (CELL_MICRODEGREES / FINE_CELL_MICRODEGREES) as
 
 impl FineBounds {
     /// The bounds from `p` to the fine cells of the coarse `cell`.
-    pub fn new(p: &GeoPoint, cell: (i32, i32)) -> Self {
+    pub fn new(p: &GeoPoint, cell: (i32, i32), seam: Seam) -> Self {
         let k = FINE_PER_CELL as i32;
         let first = (cell.0 * k, cell.1 * k);
         Self {
@@ -166,7 +191,9 @@ impl FineBounds {
             rows: std::array::from_fn(|i| {
                 SquareRow::new(p, first.0 + i as i32, FINE_CELL_MICRODEGREES)
             }),
-            cols: std::array::from_fn(|j| lon_gap(p, first.1 + j as i32, FINE_CELL_MICRODEGREES)),
+            cols: std::array::from_fn(|j| {
+                lon_gap(p, first.1 + j as i32, FINE_CELL_MICRODEGREES, seam)
+            }),
         }
     }
 
@@ -197,7 +224,9 @@ impl FineBounds {
 }
 
 /// The cells that may hold a point within `radius_m` of `p` (a superset: callers check distance).
-pub fn cells_within(p: &GeoPoint, radius_m: u32) -> impl Iterator<Item = (i32, i32)> {
+/// With the seam [`Seam::Joined`], columns past ±180° are the ones on the other side, and the
+/// column of points at exactly 180° comes with the one starting at -180°.
+pub fn cells_within(p: &GeoPoint, radius_m: u32, seam: Seam) -> impl Iterator<Item = (i32, i32)> {
     let (cl, cn) = cell(p);
     let per_cell_lat_m = i128::from(CELL_MICRODEGREES) * MM_PER_MICRODEGREE / 1000;
     // Longitude cells shrink towards the poles; use the latitude nearest the pole the radius
@@ -206,10 +235,24 @@ pub fn cells_within(p: &GeoPoint, radius_m: u32) -> impl Iterator<Item = (i32, i
     let cos = cos_q30(reach.min(89_000_000)).max(Q / 1000);
     let per_cell_lon_m = (per_cell_lat_m * cos / Q).max(1);
     let dl = i32::try_from(i128::from(radius_m) / per_cell_lat_m + 1).unwrap_or(i32::MAX / 4);
+    // At most 36° each way, so no column comes twice when joined.
     let dn = i32::try_from(i128::from(radius_m) / per_cell_lon_m + 1)
         .unwrap_or(i32::MAX / 4)
         .min(3600 / 5 + 1);
-    (cl - dl..=cl + dl).flat_map(move |a| (cn - dn..=cn + dn).map(move |b| (a, b)))
+    let half = (TURN / 2 / i64::from(CELL_MICRODEGREES)) as i32;
+    let column = move |c: i32| match seam {
+        Seam::Edge => (c, None),
+        Seam::Joined => {
+            let c = (c + half).rem_euclid(2 * half) - half;
+            (c, (c == -half).then_some(half))
+        }
+    };
+    (cl - dl..=cl + dl).flat_map(move |a| {
+        (cn - dn..=cn + dn).flat_map(move |c| {
+            let (c, also) = column(c);
+            std::iter::once((a, c)).chain(also.map(|b| (a, b)))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -239,7 +282,8 @@ mod tests {
         assert_eq!(cos_q30(0), Q);
     }
 
-    /// 20,000 points scattered around `centre`, within `half_lat` and `half_lon` microdegrees.
+    /// 20,000 points scattered around `centre`, within `half_lat` and `half_lon` microdegrees
+    /// (longitudes past ±180° taken round to the other side).
     fn scattered(centre: GeoPoint, seed: u64, half_lat: i64, half_lon: i64) -> Vec<GeoPoint> {
         let mut state = seed;
         (0..20_000)
@@ -249,41 +293,63 @@ mod tests {
                     .wrapping_add(1);
                 let dlat = (state >> 33) as i64 % (2 * half_lat) - half_lat;
                 let dlon = (state >> 13) as i64 % (2 * half_lon) - half_lon;
+                let lon = i64::from(centre.lon_e6) + dlon;
+                let lon = if lon > TURN / 2 {
+                    lon - TURN
+                } else if lon < -TURN / 2 {
+                    lon + TURN
+                } else {
+                    lon
+                };
                 GeoPoint {
                     lat_e6: centre.lat_e6 + dlat as i32,
-                    lon_e6: centre.lon_e6 + dlon as i32,
+                    lon_e6: lon as i32,
                 }
             })
             .collect()
     }
 
+    /// Where the bounds are checked: York with either seam, and beside the antimeridian (in
+    /// Fiji, and at exactly 180°) joined.
+    fn centres() -> Vec<(GeoPoint, Seam)> {
+        vec![
+            (p(53.9601, -1.0001), Seam::Edge),
+            (p(53.9601, -1.0001), Seam::Joined),
+            (p(-16.5001, 179.9801), Seam::Joined),
+            (p(-16.5001, -179.9899), Seam::Joined),
+            (p(65.0, 180.0), Seam::Joined),
+        ]
+    }
+
     #[test]
     fn the_cell_bound_never_exceeds_a_real_distance() {
-        let centre = p(53.9601, -1.0001);
-        for q in scattered(centre, 12_345, 150_000, 250_000) {
-            assert!(
-                min_distance_to_cell_m(&centre, cell(&q)) <= distance_m(&centre, &q),
-                "{q:?}"
-            );
+        for (centre, seam) in centres() {
+            for q in scattered(centre, 12_345, 150_000, 250_000) {
+                assert!(
+                    min_distance_to_cell_m(&centre, cell(&q), seam) <= distance_m(&centre, &q),
+                    "{centre:?} {seam:?} {q:?}"
+                );
+            }
+            assert_eq!(min_distance_to_cell_m(&centre, cell(&centre), seam), 0);
         }
-        assert_eq!(min_distance_to_cell_m(&centre, cell(&centre)), 0);
     }
 
     #[test]
     fn the_fine_cell_bound_never_exceeds_a_real_distance_and_fine_cells_nest() {
-        let centre = p(53.9601, -1.0001);
-        for q in scattered(centre, 54_321, 30_000, 50_000) {
-            let fine = fine_cell(&q);
-            assert!(
-                min_distance_to_fine_cell_m(&centre, fine) <= distance_m(&centre, &q),
-                "{q:?}"
-            );
-            // A fine cell lies in its point's coarse cell, and is no nearer than it.
-            assert_eq!(coarse_of(fine), cell(&q));
-            assert!(
-                min_distance_to_cell_m(&centre, cell(&q))
-                    <= min_distance_to_fine_cell_m(&centre, fine)
-            );
+        for (centre, seam) in centres() {
+            for q in scattered(centre, 54_321, 30_000, 50_000) {
+                let fine = fine_cell(&q);
+                assert!(
+                    min_distance_to_fine_cell_m(&centre, fine, seam) <= distance_m(&centre, &q),
+                    "{centre:?} {seam:?} {q:?}"
+                );
+                // A fine cell lies in its point's coarse cell, and is no nearer than it.
+                assert_eq!(coarse_of(fine), cell(&q));
+                assert!(
+                    min_distance_to_cell_m(&centre, cell(&q), seam)
+                        <= min_distance_to_fine_cell_m(&centre, fine, seam)
+                );
+            }
         }
         // Across the prime meridian and the equator, too.
         let q = p(-0.0001, -0.0001);
@@ -292,12 +358,16 @@ mod tests {
 
     #[test]
     fn a_coarse_cells_fine_bounds_are_exactly_the_fine_cell_bound() {
-        for centre in [p(53.9601, -1.0001), p(-0.0001, 0.0002), p(-33.87, 151.21)] {
+        let more = [
+            (p(-0.0001, 0.0002), Seam::Edge),
+            (p(-33.87, 151.21), Seam::Edge),
+        ];
+        for (centre, seam) in centres().into_iter().chain(more) {
             for q in scattered(centre, 777, 60_000, 100_000) {
                 let coarse = cell(&q);
                 let fine = fine_cell(&q);
                 for cell in [coarse, cell(&centre)] {
-                    let bounds = FineBounds::new(&centre, cell);
+                    let bounds = FineBounds::new(&centre, cell, seam);
                     let k = FINE_PER_CELL as i32;
                     let in_cell = (
                         cell.0 * k + fine.0.rem_euclid(k),
@@ -305,7 +375,7 @@ mod tests {
                     );
                     assert_eq!(
                         bounds.bound(in_cell),
-                        min_distance_to_fine_cell_m(&centre, in_cell),
+                        min_distance_to_fine_cell_m(&centre, in_cell, seam),
                         "{centre:?} {in_cell:?}"
                     );
                 }
@@ -319,10 +389,37 @@ mod tests {
         for (dlat, dlon) in [(0.089, 0.0), (0.0, 0.149), (-0.06, -0.1), (0.05, 0.12)] {
             let q = p(53.96 + dlat, -1.08 + dlon);
             let d = distance_m(&centre, &q);
-            assert!(
-                cells_within(&centre, d + 1).any(|c| c == cell(&q)),
-                "{dlat},{dlon} at {d} m"
-            );
+            for seam in [Seam::Edge, Seam::Joined] {
+                assert!(
+                    cells_within(&centre, d + 1, seam).any(|c| c == cell(&q)),
+                    "{dlat},{dlon} at {d} m"
+                );
+            }
         }
+    }
+
+    #[test]
+    fn joined_the_cells_searched_reach_across_the_antimeridian() {
+        // On Fiji's Taveuni (179.9°W–180°) and its neighbour across the line, 2 km apart; and
+        // a point at exactly 180°, filed in the column east of 179.95°E.
+        for (a, b) in [
+            (p(-16.8, 179.99), p(-16.8, -179.99)),
+            (p(-16.8, -179.99), p(-16.8, 179.99)),
+            (p(-16.8, 179.99), p(-16.8, 180.0)),
+            (p(-16.8, -179.99), p(-16.8, 180.0)),
+            (p(-16.8, 180.0), p(-16.8, -179.97)),
+            (p(-16.8, 180.0), p(-16.8, 179.97)),
+        ] {
+            let d = distance_m(&a, &b);
+            assert!(d < 4_000, "{a:?} {b:?} {d}");
+            let found: Vec<_> = cells_within(&a, d + 1, Seam::Joined).collect();
+            assert!(found.contains(&cell(&b)), "{a:?} {b:?} at {d} m");
+            let unique: std::collections::BTreeSet<_> = found.iter().collect();
+            assert_eq!(unique.len(), found.len(), "a cell searched twice");
+            assert!(min_distance_to_cell_m(&a, cell(&b), Seam::Joined) <= d);
+        }
+        // As engines 1 to 5 searched: the line is an edge.
+        let (a, b) = (p(-16.8, 179.99), p(-16.8, -179.99));
+        assert!(!cells_within(&a, 5_000, Seam::Edge).any(|c| c == cell(&b)));
     }
 }

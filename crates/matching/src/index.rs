@@ -22,7 +22,7 @@ use smallvec::SmallVec;
 use muster_schema::events::OfferSpecV1;
 use muster_schema::{Category, GeoPoint};
 
-use crate::geo;
+use crate::geo::{self, Seam};
 
 /// A grid cell (coarse or fine, by context).
 pub type Cell = (i32, i32);
@@ -301,10 +301,11 @@ impl SpatialIndex {
         min_level: u8,
         at: &GeoPoint,
         radius_m: u32,
+        seam: Seam,
     ) -> Vec<u32> {
         let radius_m = radius_m.min(self.max_radius_m);
         let mut out = Vec::new();
-        for cell in geo::cells_within(at, radius_m) {
+        for cell in geo::cells_within(at, radius_m, seam) {
             self.in_cell(category, min_level, cell, &mut out);
         }
         out.sort_unstable();
@@ -316,11 +317,11 @@ impl SpatialIndex {
     /// [`geo::min_distance_to_fine_cell_m`] (ties: cell order), each with that bound (a
     /// cell's [`Bucket::serving`] picks the offers of a category). Lazy: a caller that stops
     /// early, or lowers the walk's [`Nearest::limit`], never touches the cells beyond.
-    pub fn nearest<'a>(&'a self, at: &GeoPoint, reach_m: u32) -> Nearest<'a> {
+    pub fn nearest<'a>(&'a self, at: &GeoPoint, reach_m: u32, seam: Seam) -> Nearest<'a> {
         let reach_m = reach_m.min(self.max_radius_m);
         let mut frontier = BinaryHeap::with_capacity(64);
-        for cell in geo::cells_within(at, reach_m) {
-            let bound = geo::min_distance_to_cell_m(at, cell);
+        for cell in geo::cells_within(at, reach_m, seam) {
+            let bound = geo::min_distance_to_cell_m(at, cell, seam);
             if bound <= reach_m {
                 frontier.push(Reverse(Step::new(bound, cell, Held::Coarse)));
             }
@@ -328,6 +329,7 @@ impl SpatialIndex {
         Nearest {
             index: self,
             at: *at,
+            seam,
             reach_m,
             limit_m: reach_m,
             beyond_limit: None,
@@ -416,6 +418,7 @@ impl Ord for Step<'_> {
 pub struct Nearest<'a> {
     index: &'a SpatialIndex,
     at: GeoPoint,
+    seam: Seam,
     /// How far the walk was asked to go: cells beyond hold nothing the caller wants.
     reach_m: u32,
     /// Cells farther than this are left out (at most `reach_m`).
@@ -506,7 +509,7 @@ impl<'a> Nearest<'a> {
         let Some(fines) = self.index.cells.get(&cell) else {
             return;
         };
-        let bounds = geo::FineBounds::new(&self.at, cell);
+        let bounds = geo::FineBounds::new(&self.at, cell, self.seam);
         // Per row: its first cell and the column of its nearest (the bound rises with the
         // column's longitude gap).
         let mut rows: [Option<(Cell, usize)>; geo::FINE_PER_CELL] = [None; geo::FINE_PER_CELL];
@@ -598,7 +601,36 @@ mod tests {
         lon_e6: -1_080_000,
     };
 
-    fn build(ops: &[Op]) -> (SpatialIndex, Truth) {
+    /// Where a property runs and how its searches treat the antimeridian: York with either
+    /// seam (the same offers found), and beside the antimeridian in Fiji, joined.
+    const SITES: [(GeoPoint, Seam); 3] = [
+        (CENTRE, Seam::Edge),
+        (CENTRE, Seam::Joined),
+        (
+            GeoPoint {
+                lat_e6: -16_800_000,
+                lon_e6: 179_980_000,
+            },
+            Seam::Joined,
+        ),
+    ];
+
+    /// `centre` moved by `dlat` and `dlon` microdegrees, longitudes past ±180° taken round.
+    fn near(centre: GeoPoint, dlat: i32, dlon: i32) -> GeoPoint {
+        let lon = centre.lon_e6 + dlon;
+        GeoPoint {
+            lat_e6: centre.lat_e6 + dlat,
+            lon_e6: if lon > 180_000_000 {
+                lon - 360_000_000
+            } else if lon < -180_000_000 {
+                lon + 360_000_000
+            } else {
+                lon
+            },
+        }
+    }
+
+    fn build(ops: &[Op], centre: GeoPoint) -> (SpatialIndex, Truth) {
         let mut index = SpatialIndex::default();
         let mut truth = Truth::new();
         for op in ops {
@@ -616,7 +648,8 @@ mod tests {
                         .filter(|(i, _)| kinds & (1 << i) != 0)
                         .map(|(_, k)| *k)
                         .collect();
-                    let s = spec(CENTRE.lat_e6 + dlat, CENTRE.lon_e6 + dlon, kinds.clone());
+                    let at = near(centre, *dlat, *dlon);
+                    let s = spec(at.lat_e6, at.lon_e6, kinds.clone());
                     index.insert(
                         *slot,
                         &s,
@@ -669,19 +702,21 @@ mod tests {
             reach in 0u32..15_000,
             min_level in 0u8..5,
             kind in 0usize..3,
+            site in 0usize..SITES.len(),
         ) {
-            let (index, truth) = build(&ops);
-            let at = GeoPoint { lat_e6: CENTRE.lat_e6 + dlat, lon_e6: CENTRE.lon_e6 + dlon };
+            let (centre, seam) = SITES[site];
+            let (index, truth) = build(&ops, centre);
+            let at = near(centre, dlat, dlon);
             let kind = KINDS[kind];
             let expected = within(&truth, kind, min_level, &at, reach.min(index.max_radius_m()));
 
-            let coarse = index.candidates(kind, min_level, &at, reach);
+            let coarse = index.candidates(kind, min_level, &at, reach, seam);
             let coarse_set: BTreeSet<u32> = coarse.iter().copied().collect();
             prop_assert!(expected.is_subset(&coarse_set));
 
             let mut walked = Vec::new();
             let mut last = 0;
-            let mut walk = index.nearest(&at, reach);
+            let mut walk = index.nearest(&at, reach, seam);
             while let Some(peeked) = walk.peek_bound() {
                 let (bound, bucket) = walk.next().expect("a peeked cell comes next");
                 prop_assert_eq!(bound, peeked);
@@ -713,13 +748,15 @@ mod tests {
             reach in 0u32..15_000,
             limit_per_mille in 0u32..1_000,
             kind in 0usize..3,
+            site in 0usize..SITES.len(),
         ) {
-            let (index, truth) = build(&ops);
-            let at = GeoPoint { lat_e6: CENTRE.lat_e6 + dlat, lon_e6: CENTRE.lon_e6 + dlon };
+            let (centre, seam) = SITES[site];
+            let (index, truth) = build(&ops, centre);
+            let at = near(centre, dlat, dlon);
             let kind = KINDS[kind];
             let reach = reach.min(index.max_radius_m());
             let limit = reach / 1_000 * limit_per_mille;
-            let mut walk = index.nearest(&at, reach);
+            let mut walk = index.nearest(&at, reach, seam);
             walk.limit(limit);
             let mut walked = BTreeSet::new();
             for (_, bucket) in walk.by_ref() {
@@ -753,13 +790,19 @@ mod tests {
             })
             .chain((0..30).map(Op::Remove))
             .collect();
-        let (index, _) = build(&ops);
+        let (index, _) = build(&ops, CENTRE);
         assert!(
             index.cells.is_empty(),
             "{:?}",
             index.cells.keys().collect::<Vec<_>>()
         );
         assert!(index.placed.iter().all(Option::is_none));
-        assert_eq!(index.nearest(&CENTRE, 20_000).next().map(|(b, _)| b), None);
+        assert_eq!(
+            index
+                .nearest(&CENTRE, 20_000, Seam::Joined)
+                .next()
+                .map(|(b, _)| b),
+            None
+        );
     }
 }

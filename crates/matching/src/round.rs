@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use muster_schema::EntityId;
 use muster_schema::events::CancelReason;
 
-use crate::geo;
+use crate::geo::{self, Seam};
 use crate::rules::{self, PairContext, Score};
 use crate::solver::{self, Instance};
 use crate::state::{AssignmentStatus, ProviderKey, State};
@@ -54,12 +54,25 @@ pub struct Proposal {
 ///   and engine 4 judged every one of them, every round, before it reached one with room (nine
 ///   of ten offers it judged in the hosting surge failed on capacity). The same optimum total;
 ///   its lists can differ from engine 4's (what it passes over bounds nothing), hence a new
-///   engine. The one the matcher runs.
-pub const ENGINE: u16 = 5;
+///   engine.
+/// - Engine 6: engine 5, searching across the antimeridian ([`Seam::Joined`]). Engines 1 to 5
+///   searched as if the grid of cells ended at ±180° of longitude, so a need on one side
+///   never found an offer in reach on the other (Fiji's islands straddle it, as do Chukotka
+///   and the Aleutians). Elsewhere its rounds are engine 5's. The one the matcher runs.
+pub const ENGINE: u16 = 6;
 
 /// The newest engine this build knows; every engine from 1 to this one can still decide (and
 /// so audit) a round.
-pub const LATEST_ENGINE: u16 = 5;
+pub const LATEST_ENGINE: u16 = 6;
+
+/// How `engine` searches across the antimeridian: engines before 6 never did.
+pub fn seam_of(engine: u16) -> Seam {
+    if engine >= 6 {
+        Seam::Joined
+    } else {
+        Seam::Edge
+    }
+}
 
 /// Engines 2 to 4: how many providers a need's list starts with, and how much a list grows
 /// when the duals cannot prove the providers left out irrelevant.
@@ -142,13 +155,15 @@ fn judge(
     )
 }
 
-/// Every offer the index yields for `need`, in slot order, with the rules' verdict: the distance
-/// and score of an eligible pair, or the rule it breaks. The one place candidates are judged:
-/// rounds use the eligible ones, audit exports show them all.
+/// Every offer the index yields for `need` (searching as `engine` does across the antimeridian,
+/// see [`Seam`]), in slot order, with the rules' verdict: the distance and score of an eligible
+/// pair, or the rule it breaks. The one place candidates are judged: rounds use the eligible
+/// ones, audit exports show them all.
 pub fn evaluate(
     state: &State,
     need_id: &EntityId,
     need: &crate::state::Need,
+    engine: u16,
     mut visit: impl FnMut(u32, Result<(u32, Score), rules::Ineligible>),
 ) {
     let policy = &state.policy;
@@ -161,6 +176,7 @@ pub fn evaluate(
         min_level,
         &spec.location,
         policy.max_radius_m,
+        seam_of(engine),
     ) {
         if let Some(outcome) = judge(state, declined, need, slot, waited) {
             visit(slot, outcome);
@@ -196,7 +212,10 @@ fn best_providers(
         n: n.max(1),
         waited: need.waited_us(state.now),
         lean: search != Search::Full,
-        live_nth: matches!(search, Search::Nearest | Search::Tiered | Search::Roomy),
+        live_nth: matches!(
+            search,
+            Search::Nearest | Search::Tiered | Search::Roomy | Search::Joined
+        ),
         best: BTreeMap::new(),
         beyond: None,
         nth: None,
@@ -208,10 +227,16 @@ fn best_providers(
     };
     match search {
         Search::Full | Search::Lean => {
-            let mut cells: Vec<(u32, (i32, i32))> = geo::cells_within(&spec.location, reach)
-                .map(|c| (geo::min_distance_to_cell_m(&spec.location, c), c))
-                .filter(|(d, _)| *d <= reach)
-                .collect();
+            let mut cells: Vec<(u32, (i32, i32))> =
+                geo::cells_within(&spec.location, reach, Seam::Edge)
+                    .map(|c| {
+                        (
+                            geo::min_distance_to_cell_m(&spec.location, c, Seam::Edge),
+                            c,
+                        )
+                    })
+                    .filter(|(d, _)| *d <= reach)
+                    .collect();
             cells.sort_unstable();
             let mut slots = Vec::new();
             for (nearest, cell) in cells {
@@ -228,16 +253,16 @@ fn best_providers(
                 list.trim();
             }
         }
-        Search::Nearest | Search::Tiered | Search::Roomy => {
-            let tiered = matches!(search, Search::Tiered | Search::Roomy);
+        Search::Nearest | Search::Tiered | Search::Roomy | Search::Joined => {
+            let tiered = matches!(search, Search::Tiered | Search::Roomy | Search::Joined);
             // Engine 5: the party an offer must have room for (0: any offer will do).
-            let party = if search == Search::Roomy {
+            let party = if matches!(search, Search::Roomy | Search::Joined) {
                 need.spec.party_size
             } else {
                 0
             };
             let quals = need.required_quals();
-            let mut walk = state.index.nearest(&spec.location, reach);
+            let mut walk = state.index.nearest(&spec.location, reach, search.seam());
             // The cell's offers to judge, most promising first: see `Promise`.
             let mut order: Vec<Promise> = Vec::new();
             // Once the list is full: the farthest an offer can be and still enter it, where
@@ -409,6 +434,17 @@ enum Search {
     Tiered,
     /// Engine 5: as `Tiered`, offers without room for the party passed over too.
     Roomy,
+    /// Engine 6: as `Roomy`, across the antimeridian ([`Seam::Joined`]).
+    Joined,
+}
+
+impl Search {
+    fn seam(self) -> Seam {
+        match self {
+            Search::Joined => Seam::Joined,
+            _ => Seam::Edge,
+        }
+    }
 }
 
 /// A need's list as [`best_providers`] builds it.
@@ -891,6 +927,7 @@ impl RoundInstance {
             3 => Search::Nearest,
             4 => Search::Tiered,
             5 => Search::Roomy,
+            6 => Search::Joined,
             _ => return None,
         };
         let cancelled = || cancel.load(Ordering::Relaxed);
@@ -1495,6 +1532,7 @@ mod tests {
             Search::Nearest,
             Search::Tiered,
             Search::Roomy,
+            Search::Joined,
         ] {
             for n in [1, 8, 32, 500] {
                 let size = vec![n; open.len()];

@@ -1379,6 +1379,8 @@ mod properties {
                         "wave {}: engine {} against engine 1", wave, r.engine
                     );
                 }
+                // Away from the antimeridian, engine 6 decides exactly as engine 5.
+                prop_assert_eq!(&rounds[5].proposals, &rounds[4].proposals);
                 check_round(&s.state, &rounds[rounds.len() - 1]);
                 s.round_applied();
                 s.state.check_derived();
@@ -1406,6 +1408,8 @@ mod properties {
                     "engine {} against engine 1", r.engine
                 );
             }
+            // Away from the antimeridian, engine 6 decides exactly as engine 5.
+            prop_assert_eq!(&rounds[5].proposals, &rounds[4].proposals);
             check_round(&state, &rounds[rounds.len() - 1]);
         }
     }
@@ -1534,6 +1538,54 @@ mod properties {
                     .expect("a short-list engine");
             assert!(stats.widened > 0, "engine {engine}: {stats:?}");
             assert!(stats.solves > 1, "engine {engine}: {stats:?}");
+        }
+    }
+}
+
+#[test]
+fn a_need_across_the_antimeridian_is_matched_as_engines_before_6_never_did() {
+    // Taveuni, Fiji: the 180° meridian crosses the island. A family at 179.99°W, a volunteer
+    // 2 km away at 179.99°E; and one at exactly 180°.
+    for (need_at, offer_at) in [
+        (at(-16.8, -179.99), at(-16.8, 179.99)),
+        (at(-16.8, 179.99), at(-16.8, -179.99)),
+        (at(-16.8, -179.99), at(-16.8, 180.0)),
+        (at(-16.8, 180.0), at(-16.8, -179.99)),
+    ] {
+        let mut s = Scenario::new();
+        s.need(
+            "n1",
+            NeedSpecV1 {
+                location: need_at,
+                ..need(3)
+            },
+        )
+        .offer(
+            "o1",
+            "vol-a",
+            OfferSpecV1 {
+                location: offer_at,
+                ..offer()
+            },
+        );
+        let d = muster_matching::geo::distance_m(&need_at, &offer_at);
+        assert!(d < 3_000, "{d} m");
+        let proposed = |engine| {
+            let r = muster_matching::round::round_with(&s.state, engine).expect("an engine");
+            r.proposals.iter().map(|p| p.distance_m).collect::<Vec<_>>()
+        };
+        assert_eq!(proposed(6), vec![d], "{need_at:?} {offer_at:?}");
+        assert_eq!(
+            s.then(),
+            vec![pair("n1", "vol-a")],
+            "the engine the matcher runs"
+        );
+        // Engines 1 to 5 searched as if the grid ended at the line: their rounds stay as they
+        // were recorded, for the audit.
+        if need_at.lon_e6.signum() != offer_at.lon_e6.signum() {
+            for engine in 1..=5 {
+                assert_eq!(proposed(engine), Vec::<u32>::new(), "engine {engine}");
+            }
         }
     }
 }

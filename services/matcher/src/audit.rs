@@ -257,7 +257,7 @@ pub async fn export_round(
         .filter(|(_, n)| n.status == muster_matching::state::NeedStatus::Open)
         .map(|(id, need)| {
             let mut candidates = Vec::new();
-            evaluate(&state, id, need, |slot, outcome| {
+            evaluate(&state, id, need, engine, |slot, outcome| {
                 let offer = &state.offers[slot as usize];
                 let provider = state.providers[offer.provider as usize].id.to_string();
                 candidates.push(match outcome {
