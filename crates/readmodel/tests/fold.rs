@@ -1046,6 +1046,39 @@ mod properties {
         }
     }
 
+    /// Neither fold crashes on `log` or contradicts itself: the read models apply or set aside
+    /// every event, move their position to the end, and their counters and indexes recount
+    /// from their records in every incident; the matcher folds what decodes into one state per
+    /// incident (as its service does), cuts rounds as it goes, and its derived sets agree with
+    /// its state.
+    fn both_folds_hold(log: &Log) -> Result<(), TestCaseError> {
+        let store = log.fold();
+        recount(&store);
+        let position = store
+            .data
+            .get(&(Cf::Meta, keys::POSITION.to_vec()))
+            .and_then(|v| muster_readmodel::tx::decode_i64(v));
+        prop_assert_eq!(position, Some(log.items.len() as i64));
+        let undecodable = log.items.iter().filter(|(_, _, e)| e.is_err()).count();
+        prop_assert!(Log::set_aside(&store).len() >= undecodable);
+        let mut states: std::collections::BTreeMap<IncidentId, State> = Default::default();
+        for (n, (seq, _, env)) in log.items.iter().enumerate() {
+            let Ok(env) = env else { continue };
+            let state = states.entry(env.incident.clone()).or_default();
+            state.apply(*seq, env);
+            if n % 5 == 4 {
+                let r = muster_matching::round(state);
+                muster_matching::round::round_events(state, &env.incident, &r);
+            }
+        }
+        for (incident, state) in &states {
+            state.check_derived();
+            let r = muster_matching::round(state);
+            muster_matching::round::round_events(state, incident, &r);
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
@@ -1089,9 +1122,7 @@ mod properties {
 
         /// Bytes in the log that still decode can carry what intake would never write (an
         /// urgency of 0, a point off the Earth, a window that ends before it starts, a policy's
-        /// weights at their maximum). Neither fold may crash on them: the read models apply or
-        /// set aside every event and move their position to the end, and the matcher folds
-        /// what decodes and cuts rounds over it.
+        /// weights at their maximum, another incident): see [`both_folds_hold`].
         #[test]
         fn events_mangled_in_the_log_crash_neither_fold(
             steps in prop::collection::vec(step(), 1..40),
@@ -1111,31 +1142,26 @@ mod properties {
                     *env = Envelope::decode(&bytes);
                 }
             }
-            let store = log.fold();
-            recount(&store);
-            let position = store
-                .data
-                .get(&(Cf::Meta, keys::POSITION.to_vec()))
-                .and_then(|v| muster_readmodel::tx::decode_i64(v));
-            prop_assert_eq!(position, Some(log.items.len() as i64));
-            let undecodable = log.items.iter().filter(|(_, _, e)| e.is_err()).count();
-            prop_assert!(Log::set_aside(&store).len() >= undecodable);
-            // The matcher keeps one state per incident, as its service does.
-            let mut states: std::collections::BTreeMap<IncidentId, State> = Default::default();
-            for (n, (seq, _, env)) in log.items.iter().enumerate() {
-                let Ok(env) = env else { continue };
-                let state = states.entry(env.incident.clone()).or_default();
-                state.apply(*seq, env);
-                if n % 5 == 4 {
-                    let r = muster_matching::round(state);
-                    muster_matching::round::round_events(state, &env.incident, &r);
+            both_folds_hold(&log)?;
+        }
+
+        /// Events out of the order intake and the matcher keep (two neighbours trading
+        /// places, their sequences still rising): see [`both_folds_hold`].
+        #[test]
+        fn events_out_of_order_crash_neither_fold(
+            steps in prop::collection::vec(step(), 1..40),
+            swaps in prop::collection::vec(any::<prop::sample::Index>(), 1..6),
+        ) {
+            let mut log = play(&steps);
+            for swap in swaps {
+                if log.items.len() > 1 {
+                    let i = swap.index(log.items.len() - 1);
+                    let (a, b) = log.items.split_at_mut(i + 1);
+                    std::mem::swap(&mut a[i].1, &mut b[0].1);
+                    std::mem::swap(&mut a[i].2, &mut b[0].2);
                 }
             }
-            for (incident, state) in &states {
-                state.check_derived();
-                let r = muster_matching::round(state);
-                muster_matching::round::round_events(state, incident, &r);
-            }
+            both_folds_hold(&log)?;
         }
     }
 }
