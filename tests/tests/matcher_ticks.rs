@@ -52,6 +52,29 @@ fn report(reference: &str) -> pb::ReportNeedRequest {
 }
 
 /// `assignment`'s volunteer accepts it (idempotency key `key`).
+/// A volunteer's offer of one place for food, at the incident's spot, all day.
+fn offer(reference: &str, volunteer: &str) -> pb::RegisterOfferRequest {
+    pb::RegisterOfferRequest {
+        idempotency_key: reference.into(),
+        incident: "ripon".into(),
+        partition: "E07000166".into(),
+        reference: reference.into(),
+        provider: Some(pb::Provider {
+            kind: pb::ProviderKind::Volunteer as i32,
+            id: volunteer.into(),
+        }),
+        offer: Some(pb::OfferSpec {
+            kinds: vec![pb::Category::Food as i32],
+            skills: vec![],
+            capacity: 1,
+            location: AT,
+            travel_radius_m: 5_000,
+            availability: vec![DAY],
+        }),
+        personal: None,
+    }
+}
+
 fn accept(key: &str, assignment: muster_schema::EntityId) -> pb::RespondToAssignmentRequest {
     pb::RespondToAssignmentRequest {
         idempotency_key: key.into(),
@@ -89,27 +112,9 @@ async fn needs_and_volunteers(policy: Option<pb::Policy>, n: usize) -> (Nats, In
     .await
     .expect("declare");
     for i in 0..n {
-        c.register_offer(req(pb::RegisterOfferRequest {
-            idempotency_key: format!("o{i}"),
-            incident: "ripon".into(),
-            partition: "E07000166".into(),
-            reference: format!("o{i}"),
-            provider: Some(pb::Provider {
-                kind: pb::ProviderKind::Volunteer as i32,
-                id: format!("vol-{}", i + 1),
-            }),
-            offer: Some(pb::OfferSpec {
-                kinds: vec![pb::Category::Food as i32],
-                skills: vec![],
-                capacity: 1,
-                location: AT,
-                travel_radius_m: 5_000,
-                availability: vec![DAY],
-            }),
-            personal: None,
-        }))
-        .await
-        .expect("offer");
+        c.register_offer(req(offer(&format!("o{i}"), &format!("vol-{}", i + 1))))
+            .await
+            .expect("offer");
     }
     for i in 0..n {
         c.report_need(req(report(&format!("n{i}"))))
@@ -330,4 +335,92 @@ async fn a_stood_down_incident_cancels_unanswered_proposals_and_lets_accepted_ta
         .expect("audit");
     assert_eq!(report.divergence, None);
     assert!(report.rounds_verified >= 2, "{report:?}");
+}
+
+/// Intake takes nothing for an incident before it is declared, so an undeclared incident's
+/// events on the log come from another writer. The matcher folds them but decides no round
+/// over them, while the declared incident beside it goes on being matched.
+#[tokio::test]
+async fn an_incident_never_declared_gets_no_rounds() {
+    use muster_schema::events::{NeedReportedV1, NeedSpecV1, OfferRegisteredV1, OfferSpecV1};
+    use muster_schema::values::{Category, GeoPoint, Personal, Provider, TimeWindow, Urgency};
+    use muster_schema::{EntityId, PersonId, Reference};
+
+    let (nats, intake, matcher) = one_need_one_volunteer(None).await;
+    let mut c = intake.client().await;
+    let (_, stream) = nats.log().await;
+    let proposed_in = |log: &[(u64, String, muster_schema::Envelope)], incident: &str| {
+        log.iter()
+            .filter(|(_, _, e)| {
+                e.incident.as_str() == incident && matches!(e.event, Event::AssignmentProposedV1(_))
+            })
+            .count()
+    };
+    log_until(
+        &stream,
+        Duration::from_secs(10),
+        "ripon's first proposal",
+        |log| proposed_in(log, "ripon") == 1,
+    )
+    .await;
+
+    // An offer and a need in "ghost", never declared, that any round would match.
+    let at = 1_800_000_100_000_000;
+    let window = TimeWindow::new(at, at + 3_600_000_000).expect("valid");
+    let here = GeoPoint::from_degrees(54.14, -1.52).expect("valid");
+    let ghost_offer = Event::OfferRegisteredV1(OfferRegisteredV1 {
+        offer: EntityId([1; 16]),
+        reference: Reference::parse("r", "ghost-offer").expect("valid"),
+        provider: Provider::Volunteer(PersonId::parse("p", "vol-ghost").expect("valid")),
+        spec: OfferSpecV1 {
+            kinds: vec![Category::Food],
+            skills: vec![],
+            capacity: 1,
+            location: here,
+            travel_radius_m: 5_000,
+            availability: vec![window],
+        },
+        personal: Personal::None,
+    });
+    let ghost_need = Event::NeedReportedV1(NeedReportedV1 {
+        need: EntityId([2; 16]),
+        reference: Reference::parse("r", "ghost-need").expect("valid"),
+        spec: NeedSpecV1 {
+            category: Category::Food,
+            urgency: Urgency::new("u", 5).expect("valid"),
+            party_size: 1,
+            window,
+            location: here,
+            required_skills: vec![],
+            required_verifications: vec![],
+            vulnerable: false,
+        },
+        personal: Personal::None,
+    });
+    muster_tests::append_as_matcher(&nats, "ghost", "E07000166", at, "ghost-offer", ghost_offer)
+        .await;
+    muster_tests::append_as_matcher(&nats, "ghost", "E07000166", at, "ghost-need", ghost_need)
+        .await;
+
+    // Then a second volunteer and need in ripon: once it is proposed, the matcher has folded
+    // the ghost's events before them and cut every round it would cut.
+    c.register_offer(req(offer("o-late", "vol-late")))
+        .await
+        .expect("offer");
+    c.report_need(req(report("n-late"))).await.expect("need");
+    let log = log_until(
+        &stream,
+        Duration::from_secs(10),
+        "ripon's second proposal",
+        |log| proposed_in(log, "ripon") == 2,
+    )
+    .await;
+    let ghost: Vec<_> = log
+        .iter()
+        .filter(|(_, _, e)| e.incident.as_str() == "ghost" && e.event.is_round_event())
+        .map(|(seq, _, e)| (seq, e.event.type_name()))
+        .collect();
+    assert_eq!(ghost, vec![], "rounds for an incident never declared");
+
+    matcher.stop().await;
 }

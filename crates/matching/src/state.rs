@@ -591,6 +591,13 @@ impl State {
             + self.assignments.len()
     }
 
+    /// Whether the incident's declaration has been folded (it sets the first policy version).
+    /// Intake takes nothing for an incident before it is declared, so an undeclared one's
+    /// events come from another writer to the log: folded, but no round decides over them.
+    pub fn declared(&self) -> bool {
+        self.policy_version > 0
+    }
+
     /// Folds one event. Events the matcher does not need (and references to unknown entities)
     /// change nothing.
     pub fn apply(&mut self, seq: u64, env: &Envelope) {

@@ -172,7 +172,8 @@ impl Incident {
     /// Whether log time should be moved on: live, something waiting on time, nothing heard for
     /// `quiet`, and no round of ours in flight.
     fn tick_due(&self, quiet: Duration) -> bool {
-        !self.state.stood_down
+        self.state.declared()
+            && !self.state.stood_down
             && self.awaiting.is_none()
             && self.last_heard.elapsed() >= quiet
             && self.state.assignments.values().any(|a| {
@@ -184,9 +185,10 @@ impl Incident {
     }
 
     /// Something happened that no round has considered yet, or the last round was cut short
-    /// (with no round of ours in flight, what it left undecided is work for the next one).
+    /// (with no round of ours in flight, what it left undecided is work for the next one), in
+    /// an incident that was declared ([`State::declared`]).
     fn dirty(&self) -> bool {
-        self.last_input > self.last_round || self.cut_short
+        self.state.declared() && (self.last_input > self.last_round || self.cut_short)
     }
 }
 
@@ -449,7 +451,11 @@ async fn run_until(
 fn fold(incidents: &mut BTreeMap<IncidentId, Incident>, seq: u64, env: &Envelope) {
     let inc = incidents
         .entry(env.incident.clone())
-        .or_insert_with(|| Incident {
+        .or_insert_with(|| {
+            if !matches!(env.event, Event::IncidentDeclaredV1(_)) {
+                tracing::warn!(incident = %env.incident, seq, "events of an incident never declared: folded, but no round will decide over them");
+            }
+            Incident {
             id: env.incident.clone(),
             state: State::default(),
             last_input: 0,
@@ -460,6 +466,7 @@ fn fold(incidents: &mut BTreeMap<IncidentId, Incident>, seq: u64, env: &Envelope
             last_record: 0,
             last_heard: std::time::Instant::now(),
             overtaken: Overtaken::default(),
+            }
         });
     inc.last_heard = std::time::Instant::now();
     inc.state.apply(seq, env);
