@@ -449,13 +449,15 @@ async fn run_until(
 
 /// Folds one event of an incident this matcher decides.
 fn fold(incidents: &mut BTreeMap<IncidentId, Incident>, seq: u64, env: &Envelope) {
-    let inc = incidents
-        .entry(env.incident.clone())
-        .or_insert_with(|| {
-            if !matches!(env.event, Event::IncidentDeclaredV1(_)) {
-                tracing::warn!(incident = %env.incident, seq, "events of an incident never declared: folded, but no round will decide over them");
-            }
-            Incident {
+    let inc = incidents.entry(env.incident.clone()).or_insert_with(|| {
+        if !matches!(env.event, Event::IncidentDeclaredV1(_)) {
+            tracing::warn!(
+                incident = %env.incident,
+                seq,
+                "an incident never declared: its events are folded, no round decides them"
+            );
+        }
+        Incident {
             id: env.incident.clone(),
             state: State::default(),
             last_input: 0,
@@ -466,8 +468,8 @@ fn fold(incidents: &mut BTreeMap<IncidentId, Incident>, seq: u64, env: &Envelope
             last_record: 0,
             last_heard: std::time::Instant::now(),
             overtaken: Overtaken::default(),
-            }
-        });
+        }
+    });
     inc.last_heard = std::time::Instant::now();
     inc.state.apply(seq, env);
     match env.event.round_record() {
