@@ -255,6 +255,24 @@ pub fn cells_within(p: &GeoPoint, radius_m: u32, seam: Seam) -> impl Iterator<It
     })
 }
 
+/// `p` moved by `dlat` and `dlon` microdegrees, longitudes past ±180° taken round to the other
+/// side (for tests that scatter points about a place, the antimeridian included).
+#[cfg(test)]
+pub(crate) fn moved(p: GeoPoint, dlat: i32, dlon: i32) -> GeoPoint {
+    let lon = i64::from(p.lon_e6) + i64::from(dlon);
+    let lon = if lon > TURN / 2 {
+        lon - TURN
+    } else if lon < -TURN / 2 {
+        lon + TURN
+    } else {
+        lon
+    };
+    GeoPoint {
+        lat_e6: p.lat_e6 + dlat,
+        lon_e6: lon as i32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,18 +311,7 @@ mod tests {
                     .wrapping_add(1);
                 let dlat = (state >> 33) as i64 % (2 * half_lat) - half_lat;
                 let dlon = (state >> 13) as i64 % (2 * half_lon) - half_lon;
-                let lon = i64::from(centre.lon_e6) + dlon;
-                let lon = if lon > TURN / 2 {
-                    lon - TURN
-                } else if lon < -TURN / 2 {
-                    lon + TURN
-                } else {
-                    lon
-                };
-                GeoPoint {
-                    lat_e6: centre.lat_e6 + dlat as i32,
-                    lon_e6: lon as i32,
-                }
+                moved(centre, dlat as i32, dlon as i32)
             })
             .collect()
     }

@@ -615,21 +615,6 @@ mod tests {
         ),
     ];
 
-    /// `centre` moved by `dlat` and `dlon` microdegrees, longitudes past ±180° taken round.
-    fn near(centre: GeoPoint, dlat: i32, dlon: i32) -> GeoPoint {
-        let lon = centre.lon_e6 + dlon;
-        GeoPoint {
-            lat_e6: centre.lat_e6 + dlat,
-            lon_e6: if lon > 180_000_000 {
-                lon - 360_000_000
-            } else if lon < -180_000_000 {
-                lon + 360_000_000
-            } else {
-                lon
-            },
-        }
-    }
-
     fn build(ops: &[Op], centre: GeoPoint) -> (SpatialIndex, Truth) {
         let mut index = SpatialIndex::default();
         let mut truth = Truth::new();
@@ -648,7 +633,7 @@ mod tests {
                         .filter(|(i, _)| kinds & (1 << i) != 0)
                         .map(|(_, k)| *k)
                         .collect();
-                    let at = near(centre, *dlat, *dlon);
+                    let at = geo::moved(centre, *dlat, *dlon);
                     let s = spec(at.lat_e6, at.lon_e6, kinds.clone());
                     index.insert(
                         *slot,
@@ -706,7 +691,7 @@ mod tests {
         ) {
             let (centre, seam) = SITES[site];
             let (index, truth) = build(&ops, centre);
-            let at = near(centre, dlat, dlon);
+            let at = geo::moved(centre, dlat, dlon);
             let kind = KINDS[kind];
             let expected = within(&truth, kind, min_level, &at, reach.min(index.max_radius_m()));
 
@@ -752,7 +737,7 @@ mod tests {
         ) {
             let (centre, seam) = SITES[site];
             let (index, truth) = build(&ops, centre);
-            let at = near(centre, dlat, dlon);
+            let at = geo::moved(centre, dlat, dlon);
             let kind = KINDS[kind];
             let reach = reach.min(index.max_radius_m());
             let limit = reach / 1_000 * limit_per_mille;

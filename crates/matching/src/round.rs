@@ -65,13 +65,10 @@ pub const ENGINE: u16 = 6;
 /// so audit) a round.
 pub const LATEST_ENGINE: u16 = 6;
 
-/// How `engine` searches across the antimeridian: engines before 6 never did.
+/// How `engine` searches across the antimeridian (engines before 6 never did; an engine this
+/// build does not know searches as engine 1).
 pub fn seam_of(engine: u16) -> Seam {
-    if engine >= 6 {
-        Seam::Joined
-    } else {
-        Seam::Edge
-    }
+    Search::of(engine).map_or(Seam::Edge, Search::seam)
 }
 
 /// Engines 2 to 4: how many providers a need's list starts with, and how much a list grows
@@ -439,6 +436,19 @@ enum Search {
 }
 
 impl Search {
+    /// How `engine` searches (`None`: no such engine).
+    fn of(engine: u16) -> Option<Self> {
+        Some(match engine {
+            1 => Search::Full,
+            2 => Search::Lean,
+            3 => Search::Nearest,
+            4 => Search::Tiered,
+            5 => Search::Roomy,
+            6 => Search::Joined,
+            _ => return None,
+        })
+    }
+
     fn seam(self) -> Seam {
         match self {
             Search::Joined => Seam::Joined,
@@ -922,14 +932,7 @@ impl RoundInstance {
         cancel: &AtomicBool,
         threads: usize,
     ) -> Option<(Self, solver::Solution, WideningStats)> {
-        let search = match engine {
-            2 => Search::Lean,
-            3 => Search::Nearest,
-            4 => Search::Tiered,
-            5 => Search::Roomy,
-            6 => Search::Joined,
-            _ => return None,
-        };
+        let search = Search::of(engine).filter(|s| *s != Search::Full)?;
         let cancelled = || cancel.load(Ordering::Relaxed);
         let open = open_needs(state);
         let mut size = vec![FIRST_LIST; open.len()];
