@@ -7,8 +7,8 @@ use muster_matching::State;
 use muster_readmodel::counters;
 use muster_readmodel::keys::{self, Cf};
 use muster_readmodel::records::{
-    AssignmentRecord, AssignmentStatus, NeedEntry, NeedRecord, NeedStatus, OfferRecord,
-    ProviderRecord, SetAsideRecord,
+    AssignmentRecord, AssignmentStatus, EntityRecord, NeedEntry, NeedRecord, NeedStatus,
+    OfferRecord, ProviderRecord, SetAsideRecord,
 };
 use muster_readmodel::{MemStore, Outcome, Tx, apply};
 use muster_schema::events::*;
@@ -867,14 +867,19 @@ mod properties {
     /// The counters and indexes, recomputed from the records alone, in every incident the
     /// records name.
     fn recount(store: &MemStore) {
-        let mut incidents = std::collections::BTreeSet::from([incident()]);
-        for cf in [Cf::Needs, Cf::Offers, Cf::Assignments] {
-            for (_, v) in store.cf(cf) {
-                // Every record's first field is its incident.
-                let (inc, _) = postcard::take_from_bytes::<IncidentId>(v).expect("decodes");
-                incidents.insert(inc);
-            }
+        fn of<T: EntityRecord + serde::de::DeserializeOwned>(store: &MemStore) -> Vec<IncidentId> {
+            store
+                .cf(T::CF)
+                .map(|(_, v)| {
+                    let r: T = postcard::from_bytes(v).expect("decodes");
+                    r.incident().clone()
+                })
+                .collect()
         }
+        let mut incidents = std::collections::BTreeSet::from([incident()]);
+        incidents.extend(of::<NeedRecord>(store));
+        incidents.extend(of::<OfferRecord>(store));
+        incidents.extend(of::<AssignmentRecord>(store));
         for inc in &incidents {
             recount_in(store, inc);
         }
